@@ -1,0 +1,61 @@
+# The README's commands. Each creates .venv on demand and installs what it needs,
+# system packages included (apt-get, as root or through sudo).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Debian package -> a file it installs; missing files are installed with apt-get.
+SYSTEM_PACKAGES := mosquitto:/usr/sbin/mosquitto mosquitto-clients:/usr/bin/mosquitto_sub \
+	dataset-fashion-mnist:/usr/share/doc/dataset-fashion-mnist
+
+.PHONY: demo test bench models lint system-deps clean help
+
+help:
+	@echo "make demo    the whole system on this machine (broker, daemon, bundled model, live view)"
+	@echo "make test    lint, type-check and run the test suite"
+	@echo "make bench   benchmarks (ratios measured side by side in one run)"
+	@echo "make models  rebuild the demo's bundled model and sample video"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# One stamp per set of extras, rebuilt when pyproject.toml changes.
+$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+$(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[device,demo]'
+	touch $@
+
+system-deps:
+	@missing=""; for entry in $(SYSTEM_PACKAGES); do \
+		pkg=$${entry%%:*}; file=$${entry#*:}; \
+		[ -e "$$file" ] || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing system packages:$$missing"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+demo: $(VENV)/.demo-installed
+	$(BIN)/edgewatch demo
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: system-deps $(VENV)/.dev-installed lint
+	$(BIN)/python -m pytest --ignore=tests/benchmarks -q
+
+bench: system-deps $(VENV)/.dev-installed
+	$(BIN)/python -m pytest tests/benchmarks -q -s
+
+models: $(VENV)/.dev-installed
+	$(BIN)/python -m training.demo_assets deploy/demo
+
+clean:
+	rm -rf $(VENV) build *.egg-info

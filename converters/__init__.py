@@ -1,0 +1,1 @@
+"""Keras → TFLite conversion, parity and Edge TPU checks, bundle writing and signing."""

@@ -1,0 +1,113 @@
+"""`edgewatch check-config`: everything `run` would refuse, found without starting.
+
+It validates the TOML, reads and verifies every bundle (signature when a key is set),
+loads each model through the runtime with its smoke test, and, unless told not to,
+opens each source once. It never connects to the broker: a broker that is down at boot
+is normal, and the daemon waits for it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from device.bundle.reader import read_bundle
+from device.bundle.signing import load_public_key
+from device.config import DeviceConfig, load_config
+from device.errors import EdgewatchError
+from device.runtime import load_for_manifest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CheckLine:
+    subject: str
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    path: Path
+    lines: tuple[CheckLine, ...] = field(default_factory=tuple)
+
+    @property
+    def ok(self) -> bool:
+        return all(line.ok for line in self.lines)
+
+    def render(self) -> str:
+        rows = [
+            f"{'ok ' if line.ok else 'ERR'} {line.subject}: {line.detail}" for line in self.lines
+        ]
+        verdict = "config is valid" if self.ok else "config has problems"
+        return "\n".join([f"{self.path}: {verdict}", *rows])
+
+
+def check_config(path: Path, open_sources: bool = True) -> CheckReport:
+    """Raises ConfigError for an invalid file; returns per-part results otherwise."""
+    config = load_config(path)
+    lines = [
+        CheckLine(
+            "config",
+            True,
+            f"device {config.device.id}, broker "
+            f"{config.mqtt.host}:{config.mqtt.port}, prefix {config.mqtt.prefix}",
+        )
+    ]
+    lines.extend(_check_models(config))
+    if open_sources:
+        lines.extend(_check_sources(config))
+    return CheckReport(path=path, lines=tuple(lines))
+
+
+def _check_models(config: DeviceConfig) -> list[CheckLine]:
+    lines: list[CheckLine] = []
+    try:
+        key = load_public_key(config.runtime.public_key) if config.runtime.public_key else None
+    except EdgewatchError as exc:
+        return [CheckLine("runtime.public_key", False, str(exc))]
+    max_bytes = int(config.runtime.max_model_mb * 1024 * 1024)
+    for name, pipeline in config.pipelines.items():
+        subject = f"pipelines.{name}"
+        try:
+            bundle = read_bundle(pipeline.model, public_key=key, max_model_bytes=max_bytes)
+            bundle.require_task(pipeline.task)
+            unknown = sorted(set(pipeline.thresholds) - set(bundle.manifest.labels))
+            if unknown:
+                raise EdgewatchError(
+                    f"thresholds name labels the model does not have: {unknown}; "
+                    f"its labels are {list(bundle.manifest.labels)}"
+                )
+            runtime = load_for_manifest(
+                bundle.manifest, bundle.model_bytes, config.runtime.threads, config.runtime.edgetpu
+            )
+        except EdgewatchError as exc:
+            lines.append(CheckLine(subject, False, str(exc)))
+            continue
+        manifest = bundle.manifest
+        lines.append(
+            CheckLine(
+                subject,
+                True,
+                f"{manifest.model_ref} ({manifest.task}, {manifest.quantization}"
+                f"{', signed' if bundle.signed else ''}) on {runtime.backend.name}, "
+                "smoke test passed",
+            )
+        )
+    return lines
+
+
+def _check_sources(config: DeviceConfig) -> list[CheckLine]:
+    from device.sources.camera import CameraStream
+
+    lines: list[CheckLine] = []
+    for name, source in config.sources.items():
+        try:
+            CameraStream(name, source).open_check()
+        except EdgewatchError as exc:
+            lines.append(CheckLine(f"sources.{name}", False, str(exc)))
+            continue
+        lines.append(CheckLine(f"sources.{name}", True, f"{source.describe()} opens"))
+    return lines

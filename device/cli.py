@@ -1,0 +1,257 @@
+"""The `edgewatch` command: one console script for the device and the workstation.
+
+Device commands (run, check-config, watch, demo, bench, keys) need only the device
+extra. Workstation commands (train, convert, evaluate) import TensorFlow lazily, inside
+their handlers, so that `edgewatch run` on a Pi never touches it and a missing train
+extra is reported in one line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from device import __version__
+from device.errors import EdgewatchError, MissingExtraError
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _broker(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host, int(port)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from device.config import load_config
+    from device.daemon import run_daemon
+
+    config = load_config(args.config)
+    return run_daemon(config)
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    from device.check import check_config
+
+    report = check_config(args.file, open_sources=not args.no_sources)
+    sys.stdout.write(report.render() + "\n")
+    return 0 if report.ok else 1
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    from device.watch import run_watch
+
+    host, port = args.broker
+    run_watch(host, port, prefix=args.prefix, device=args.device, as_json=args.json)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from device.demo import run_demo
+
+    return run_demo(port=args.port, duration_s=args.duration, show_watch=not args.no_watch)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from device.bench import render_bench, run_bench
+
+    result = run_bench(args.bundle, video=args.video, threads=args.threads, frames=args.frames)
+    sys.stdout.write(
+        (json.dumps(result.to_dict(), indent=2) if args.json else render_bench(result)) + "\n"
+    )
+    return 0
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    from converters.bundle_writer import generate_keys
+
+    private_path, public_path = generate_keys(args.dir)
+    sys.stdout.write(
+        f"signing key:      {private_path} (keep it on the workstation, mode 0600)\n"
+        f"verification key: {public_path} (copy to devices; set runtime.public_key)\n"
+    )
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    if args.task != "image-classification":
+        raise EdgewatchError(
+            f"training for {args.task} is not available yet; supported: image-classification"
+        )
+    from training.train_image import ImageTrainOptions, train_image_classifier
+
+    options = ImageTrainOptions(
+        epochs=args.epochs,
+        seed=args.seed,
+        input_size=args.input_size,
+        alpha=args.alpha,
+        color=args.color,
+        pretrained=args.pretrained,
+        batch_size=args.batch_size,
+        **({"name": args.name} if args.name else {}),
+    )
+    result = train_image_classifier(args.data_dir, args.out, options)
+    sys.stdout.write(
+        f"trained {result.epochs_run} epochs; held-out accuracy {result.test_accuracy:.3f}\n"
+        f"model folder: {result.out_dir}\n"
+    )
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from converters.convert import convert_model
+
+    result = convert_model(
+        args.model_dir,
+        args.quant,
+        args.out,
+        calibration_dir=args.calibration,
+        sign_key=args.sign_key,
+    )
+    parity = result.parity
+    sys.stdout.write(
+        f"wrote {result.out} ({parity.size_bytes / 1024:.1f} KiB, {args.quant})\n"
+        f"held-out accuracy: keras {parity.reference_accuracy:.3f}, "
+        f"bundle {parity.bundle_accuracy:.3f}, top-1 agreement {parity.top1_agreement:.3f}, "
+        f"invoke p50 {parity.invoke_ms_p50:.2f} ms\n"
+    )
+    if result.edgetpu_report is not None:
+        sys.stdout.write(result.edgetpu_report.render_text() + "\n")
+    for warning in result.warnings:
+        sys.stderr.write(f"warning: {warning}\n")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate import evaluate_bundle
+
+    result = evaluate_bundle(args.bundle, args.data_dir, threads=args.threads, out_dir=args.report)
+    sys.stdout.write(
+        (json.dumps(result.to_dict(), indent=2) if args.json else result.render_text()) + "\n"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgewatch", description="Edge streaming inference over MQTT."
+    )
+    parser.add_argument("--version", action="version", version=f"edgewatch {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the device daemon")
+    run.add_argument("--config", type=Path, required=True, help="device config (TOML)")
+    run.set_defaults(handler=_cmd_run)
+
+    check = sub.add_parser("check-config", help="validate a device config without starting")
+    check.add_argument("file", type=Path)
+    check.add_argument(
+        "--no-sources", action="store_true", help="do not try to open cameras and files"
+    )
+    check.set_defaults(handler=_cmd_check_config)
+
+    watch = sub.add_parser("watch", help="live view of devices and their events")
+    watch.add_argument("--broker", type=_broker, default=("localhost", 1883), help="HOST:PORT")
+    watch.add_argument("--device", help="only this device")
+    watch.add_argument("--prefix", default="edgewatch")
+    watch.add_argument("--json", action="store_true", help="one JSON event per line")
+    watch.set_defaults(handler=_cmd_watch)
+
+    demo = sub.add_parser("demo", help="the whole system on this machine")
+    demo.add_argument("--port", type=int, default=1883, help="broker port (embedded if free)")
+    demo.add_argument("--duration", type=float, default=None, help="stop after N seconds")
+    demo.add_argument("--no-watch", action="store_true", help="log events instead of the view")
+    demo.set_defaults(handler=_cmd_demo)
+
+    bench = sub.add_parser("bench", help="raw invoke latency vs the daemon's per-frame path")
+    bench.add_argument("bundle", type=Path)
+    bench.add_argument("--video", type=Path, help="video to feed (default: the demo sample)")
+    bench.add_argument("--threads", type=int, default=2)
+    bench.add_argument("--frames", type=int, default=200)
+    bench.add_argument("--json", action="store_true")
+    bench.set_defaults(handler=_cmd_bench)
+
+    keys = sub.add_parser("keys", help="bundle signing keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    generate = keys_sub.add_parser("generate", help="create an Ed25519 key pair in DIR")
+    generate.add_argument("dir", type=Path)
+    generate.set_defaults(handler=_cmd_keys)
+
+    train = sub.add_parser("train", help="train a model (workstation; needs the train extra)")
+    train.add_argument(
+        "task",
+        choices=[
+            "image-classification",
+            "object-detection",
+            "audio-classification",
+            "log-anomaly",
+            "sensor-anomaly",
+        ],
+    )
+    train.add_argument("data_dir", type=Path)
+    train.add_argument("--out", type=Path, required=True)
+    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--input-size", type=int, default=96)
+    train.add_argument("--alpha", type=float, default=0.5, help="width multiplier")
+    train.add_argument("--color", choices=["rgb", "grey"], default="rgb")
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--pretrained", choices=["imagenet"], default=None)
+    train.add_argument("--name", help="model name (default: the data folder's name)")
+    train.set_defaults(handler=_cmd_train)
+
+    convert = sub.add_parser("convert", help="Keras model folder → .ewm bundle")
+    convert.add_argument("model_dir", type=Path)
+    convert.add_argument(
+        "--quant", choices=["float32", "float16", "dynamic", "int8", "edgetpu"], required=True
+    )
+    convert.add_argument("--calibration", type=Path, help="images for int8 calibration")
+    convert.add_argument("--out", type=Path, required=True)
+    convert.add_argument("--sign-key", type=Path)
+    convert.set_defaults(handler=_cmd_convert)
+
+    evaluate = sub.add_parser("evaluate", help="measure a bundle on a data folder")
+    evaluate.add_argument("bundle", type=Path)
+    evaluate.add_argument("data_dir", type=Path)
+    evaluate.add_argument("--threads", type=int, default=2)
+    evaluate.add_argument("--report", type=Path, help="write report files here")
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.set_defaults(handler=_cmd_evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except EdgewatchError as exc:
+        sys.stderr.write(f"edgewatch: {exc}\n")
+        return 2
+    except ModuleNotFoundError as exc:
+        missing = exc.name or "a dependency"
+        extra = (
+            "train" if missing.split(".")[0] in ("tensorflow", "keras", "matplotlib") else "device"
+        )
+        sys.stderr.write(f"edgewatch: {MissingExtraError(missing, extra)}\n")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,233 @@
+"""Device configuration: TOML validated by pydantic.
+
+Unknown keys are errors (``extra="forbid"``): a typo in a threshold name must not
+silently leave the default in force. Errors name the file, the key path and what was
+expected. Secrets can come from the environment so the TOML can be world-readable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import tomllib
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from device.errors import ConfigError
+from device.runtime import EdgeTpuMode
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+
+
+def hostname_id() -> str:
+    """The host name, reduced to what a topic level and a config name allow."""
+    name = re.sub(r"[^A-Za-z0-9_-]", "-", os.uname().nodename)[:64].strip("-")
+    return name or "edgewatch"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DeviceSection(_Section):
+    #: The device's id in every MQTT topic; defaults to the host name.
+    id: Name = Field(default_factory=hostname_id)
+    #: Where the daemon keeps what must survive restarts (event seq numbers).
+    state_dir: Path = Path("/var/lib/edgewatch")
+    groups: tuple[Name, ...] = ()
+
+
+class TlsSection(_Section):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    #: Skips host name verification; only for brokers with self-signed test certificates.
+    insecure: bool = False
+
+
+class MqttSection(_Section):
+    host: str = "localhost"
+    port: int = Field(1883, ge=1, le=65535)
+    prefix: str = Field("edgewatch", pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_/-]*$")
+    username: str | None = None
+    #: Prefer password_env: the environment variable that holds the password.
+    password: str | None = None
+    password_env: str | None = "EDGEWATCH_MQTT_PASSWORD"
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    client_id: str | None = None
+    tls: TlsSection | None = None
+    reconnect_min_s: float = Field(0.5, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+
+    def resolved_password(self) -> str | None:
+        if self.password_env and os.environ.get(self.password_env):
+            return os.environ[self.password_env]
+        return self.password
+
+
+class RuntimeSection(_Section):
+    threads: int = Field(2, ge=1, le=64)
+    #: "auto": use the Edge TPU for bundles built for it, else CPU with one log line;
+    #: "required": refuse to start without it; "off": never try.
+    edgetpu: EdgeTpuMode = "auto"
+    #: When set, only bundles signed by this Ed25519 key are loaded.
+    public_key: Path | None = None
+    max_model_mb: float = Field(64.0, gt=0)
+
+
+class StatsSection(_Section):
+    interval_s: float = Field(30.0, ge=1.0)
+
+
+class CameraSource(_Section):
+    """An OpenCV capture: exactly one of device, file or url."""
+
+    kind: Literal["camera"] = "camera"
+    device: int | None = Field(None, ge=0)
+    file: Path | None = None
+    url: str | None = None
+    #: For files: start again at the end instead of stopping.
+    loop: bool = False
+    #: Frame-rate cap; frames beyond it are skipped at capture, before any work is done.
+    #: For files, also the pace at which frames are read (0 = as fast as possible).
+    fps: float = Field(5.0, ge=0.0, le=120.0)
+    reconnect_min_s: float = Field(1.0, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+    #: Frames waiting for inference; when full the oldest is dropped (and counted).
+    queue_size: int = Field(2, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _one_input(self) -> CameraSource:
+        given = [k for k in ("device", "file", "url") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"a camera needs exactly one of device, file or url (got {given or 'none'})"
+            )
+        if self.url is not None and not re.match(r"^(rtsp|rtsps|http|https|rtmp)://", self.url):
+            raise ValueError("url must start with rtsp://, rtsps://, http://, https:// or rtmp://")
+        return self
+
+    def describe(self) -> str:
+        if self.device is not None:
+            return f"camera device {self.device}"
+        if self.file is not None:
+            return f"file {self.file}"
+        return f"stream {redact_url(self.url or '')}"
+
+
+# Later source kinds (microphone, logs, sensors) join this as a union keyed by `kind`.
+Source = CameraSource
+
+
+class EventSection(_Section):
+    """Debounce: a thing in view is one event, not one a frame."""
+
+    #: Consecutive frames at or above threshold before an event starts.
+    min_frames: int = Field(2, ge=1)
+    #: Seconds below threshold before the event ends.
+    end_after_s: float = Field(2.0, ge=0.0)
+    #: At most one update a this many seconds while an event lasts (0 = no updates).
+    update_interval_s: float = Field(5.0, ge=0.0)
+
+
+class ClassificationPipeline(_Section):
+    task: Literal["image-classification"] = "image-classification"
+    source: Name
+    model: Path
+    #: Overrides every threshold the bundle states (its default and per-label ones).
+    threshold: float | None = Field(None, ge=0.0, le=1.0)
+    #: Per-label thresholds; override the bundle's.
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    #: Labels never reported (besides the bundle's background labels).
+    ignore_labels: tuple[str, ...] = ()
+    events: EventSection = Field(default_factory=EventSection)
+
+
+# Later tasks join this as a union keyed by `task`.
+Pipeline = ClassificationPipeline
+
+
+class DeviceConfig(_Section):
+    device: DeviceSection = Field(default_factory=DeviceSection)
+    mqtt: MqttSection = Field(default_factory=MqttSection)
+    runtime: RuntimeSection = Field(default_factory=RuntimeSection)
+    stats: StatsSection = Field(default_factory=StatsSection)
+    sources: dict[Name, Source] = Field(default_factory=dict)
+    pipelines: dict[Name, Pipeline] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _references(self) -> DeviceConfig:
+        for name, pipeline in self.pipelines.items():
+            if pipeline.source not in self.sources:
+                raise ValueError(
+                    f"pipelines.{name}.source is {pipeline.source!r}, which is not a "
+                    f"configured source (have: {sorted(self.sources) or 'none'})"
+                )
+        if not self.pipelines:
+            raise ValueError("no pipelines configured; add at least one [pipelines.NAME]")
+        return self
+
+
+def redact_url(url: str) -> str:
+    """Hide credentials in stream URLs before they reach logs or MQTT."""
+    return re.sub(r"//[^/@]*@", "//***@", url)
+
+
+def load_config(path: Path) -> DeviceConfig:
+    """Read and validate a config file; relative paths resolve against its folder."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: no such config file") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc})") from exc
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    try:
+        config = DeviceConfig.model_validate(document)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(path, exc)) from exc
+    return _resolve_paths(config, path.resolve().parent)
+
+
+def format_validation_error(path: Path, exc: ValidationError) -> str:
+    lines = [f"{path}: invalid config ({exc.error_count()} problem(s))"]
+    for error in exc.errors():
+        location = ".".join(str(part) for part in error["loc"] if not _is_union_tag(part))
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; see docs/configuration.md)"
+        elif "input" in error and error["type"] not in ("missing",):
+            message = f"{message} (got {error['input']!r})"
+        lines.append(f"  {location or '(top level)'}: {message}")
+    return "\n".join(lines)
+
+
+def _is_union_tag(part: object) -> bool:
+    return part in ("camera", "image-classification")
+
+
+def _resolve_paths(config: DeviceConfig, base: Path) -> DeviceConfig:
+    def resolve(value: Path | None) -> Path | None:
+        if value is None or value.is_absolute():
+            return value
+        return base / value
+
+    sources: dict[str, CameraSource] = {
+        name: source.model_copy(update={"file": resolve(source.file)})
+        for name, source in config.sources.items()
+    }
+    pipelines = {
+        name: pipeline.model_copy(update={"model": resolve(pipeline.model)})
+        for name, pipeline in config.pipelines.items()
+    }
+    runtime = config.runtime.model_copy(update={"public_key": resolve(config.runtime.public_key)})
+    device = config.device.model_copy(update={"state_dir": resolve(config.device.state_dir)})
+    return config.model_copy(
+        update={"sources": sources, "pipelines": pipelines, "runtime": runtime, "device": device}
+    )

@@ -1,0 +1,129 @@
+"""Everything edgewatch puts on the wire, as pydantic models.
+
+Subscribers (Home Assistant templates, Node-RED flows, scripts) depend on these field
+names; change them only with a new ``schema`` number.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+EVENT_SCHEMA = 1
+STATE_SCHEMA = 1
+STATS_SCHEMA = 1
+
+EventType = Literal["start", "update", "end", "instant"]
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json(by_alias=True).encode("utf-8")
+
+
+class ModelRef(_Wire):
+    name: str
+    version: str
+    sha256: str
+
+
+class Box(_Wire):
+    """Normalised box, 0..1 of the frame's width and height."""
+
+    xmin: float
+    ymin: float
+    xmax: float
+    ymax: float
+
+
+class Event(_Wire):
+    """One detection event, QoS 1 on ``<prefix>/<device>/events/<source>``."""
+
+    schema_version: int = Field(EVENT_SCHEMA, alias="schema")
+    device: str
+    source: str
+    #: Per source, strictly increasing, persisted across restarts.
+    seq: int
+    #: Identifies the thing the event is about: start, updates and end share it.
+    event_id: str
+    type: EventType
+    #: Unix time (s) at which the frame/window that produced this event was captured.
+    captured_at: float
+    #: Unix time (s) at which this message was handed to the MQTT client.
+    published_at: float
+    #: published_at - captured_at in milliseconds.
+    latency_ms: float
+    model: ModelRef
+    task: str
+    label: str
+    #: The score of this frame (start/update) or the best score of the event (end).
+    score: float
+    top_score: float
+    #: For start/update/end: seconds since the event started.
+    duration_s: float = 0.0
+    box: Box | None = None
+    pipeline: str
+
+
+class SourceState(_Wire):
+    name: str
+    kind: str
+    status: Literal["starting", "running", "reconnecting", "stopped", "failed"]
+    detail: str = ""
+
+
+class PipelineState(_Wire):
+    name: str
+    source: str
+    task: str
+    model: ModelRef
+    runtime: str
+    edgetpu: bool
+    threads: int
+
+
+class State(_Wire):
+    """Retained on ``<prefix>/<device>/state``: what the device is and runs now."""
+
+    schema_version: int = Field(STATE_SCHEMA, alias="schema")
+    device: str
+    software_version: str
+    started_at: float
+    updated_at: float
+    groups: tuple[str, ...] = ()
+    sources: tuple[SourceState, ...]
+    pipelines: tuple[PipelineState, ...]
+
+
+class SourceStats(_Wire):
+    name: str
+    fps: float
+    frames: int
+    dropped: int
+    reconnects: int
+    queue_depth: int
+
+
+class PipelineStats(_Wire):
+    name: str
+    inferences: int
+    inference_ms_p50: float
+    inference_ms_p99: float
+    events: int
+
+
+class Stats(_Wire):
+    """Published every stats interval on ``<prefix>/<device>/stats``."""
+
+    schema_version: int = Field(STATS_SCHEMA, alias="schema")
+    device: str
+    at: float
+    uptime_s: float
+    sources: tuple[SourceStats, ...]
+    pipelines: tuple[PipelineStats, ...]
+    cpu_percent: float
+    memory_rss_mb: float
+    publish_queue: int

@@ -1,0 +1,1 @@
+"""Pipelines: a model plus the logic that turns its outputs into events."""

@@ -1,0 +1,231 @@
+"""Image classification: a frame in, scores per label out, events from the tracker.
+
+The capture thread calls ``preprocess`` (resize and colour, the expensive part that can
+run while the previous frame is being inferred); the inference thread calls ``process``.
+Everything that depends only on the bundle and config (thresholds per label, which labels
+may report, the input buffer) is worked out once at construction, so a frame costs one
+normalise into a reused buffer, one invoke and an argmax.
+
+A classifier trained on ``DIR/<label>/`` folders gives one label per image, so only the
+top-1 label of a frame can report: it does when it is not a background or ignored label
+and its score is at or above its threshold. Thresholds come from, first to last: the
+config's per-label ``thresholds``, the config's ``threshold``, the bundle's per-label
+thresholds, the bundle's default: a value the user wrote beats one the model shipped with.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from device.bundle.manifest import ImagePreprocessing
+from device.bundle.reader import Bundle
+from device.config import ClassificationPipeline as ClassificationConfig
+from device.errors import ConfigError, ModelMismatchError
+from device.latency import LatencySummary, LatencyWindow
+from device.pipelines.lifecycle import EventTracker, Transition, WallClock
+from device.preprocessing.image import resize_frame
+from device.runtime import ModelRuntime
+from device.sources.camera import Frame
+
+log = logging.getLogger(__name__)
+
+TASK = "image-classification"
+UInt8Image = np.ndarray[Any, np.dtype[np.uint8]]
+FloatArray = np.ndarray[Any, np.dtype[np.float32]]
+
+
+@dataclass(frozen=True, eq=False)
+class PipelineResult:
+    """What one frame gave: all scores, and the detection it reports (if any)."""
+
+    pipeline: str
+    source: str
+    frame_index: int
+    captured_at: float
+    #: One score per label of the bundle, in the bundle's label order (after softmax).
+    scores: FloatArray
+    top_label: str
+    top_score: float
+    #: The reportable label at or above its threshold with its score; empty when none.
+    detections: Mapping[str, float]
+    #: Normalise + invoke + decode, in milliseconds.
+    inference_ms: float
+
+
+@dataclass(frozen=True)
+class ClassificationStats:
+    """Counters for the stats message."""
+
+    inferences: int
+    transitions: int
+    latency: LatencySummary
+
+
+class ClassificationPipeline:
+    """One image-classification model on one source; not thread-safe except
+    ``preprocess`` (capture thread) alongside ``process`` (one inference thread)."""
+
+    def __init__(
+        self,
+        name: str,
+        config: ClassificationConfig,
+        bundle: Bundle,
+        runtime: ModelRuntime,
+        clock: WallClock = time,
+    ) -> None:
+        bundle.require_task(TASK)
+        manifest = bundle.manifest
+        self.name = name
+        self.config = config
+        self.bundle = bundle
+        self.manifest = manifest
+        self.runtime = runtime
+        self.labels: tuple[str, ...] = manifest.labels
+        self.spec: ImagePreprocessing = manifest.preprocessing
+        self._check_labels()
+        self._check_output()
+        self.thresholds: dict[str, float] = {
+            label: self._threshold_for(label) for label in self.labels
+        }
+        #: Labels that can ever produce an event.
+        self.reportable: tuple[str, ...] = tuple(
+            label
+            for label in self.labels
+            if label not in manifest.decoding.background_labels
+            and label not in config.ignore_labels
+        )
+        self._threshold_array = np.array(
+            [self.thresholds[label] for label in self.labels], dtype=np.float32
+        )
+        self._reportable_mask = np.array(
+            [label in self.reportable for label in self.labels], dtype=bool
+        )
+        channels = 1 if self.spec.color == "grey" else 3
+        self._input: FloatArray = np.empty(
+            (1, self.spec.height, self.spec.width, channels), dtype=np.float32
+        )
+        self._scale = np.float32(self.spec.scale)
+        self._offset = np.float32(self.spec.offset)
+        self._softmax = manifest.decoding.apply_softmax
+        self.tracker = EventTracker(config.events, clock)
+        self.latency = LatencyWindow()
+        self._inferences = 0
+        self._transitions = 0
+        self.last_result: PipelineResult | None = None
+        log.info(
+            "pipeline %s: %s on source %s, thresholds %s, reporting %s",
+            name,
+            manifest.model_ref,
+            config.source,
+            {label: round(value, 3) for label, value in self.thresholds.items()},
+            list(self.reportable),
+        )
+
+    # -- construction checks ------------------------------------------------------------
+
+    def _check_labels(self) -> None:
+        valid = ", ".join(self.labels)
+        for key, names in (
+            ("thresholds", tuple(self.config.thresholds)),
+            ("ignore_labels", self.config.ignore_labels),
+        ):
+            for label in names:
+                if label not in self.labels:
+                    raise ConfigError(
+                        f"pipelines.{self.name}.{key} names label {label!r}, which model "
+                        f"{self.manifest.model_ref} does not have; its labels are: {valid}"
+                    )
+
+    def _check_output(self) -> None:
+        output = self.runtime.outputs[0]
+        if int(np.prod(output.shape)) != len(self.labels):
+            raise ModelMismatchError(
+                f"{self.manifest.model_ref}: output 0 has shape {list(output.shape)} but "
+                f"the manifest lists {len(self.labels)} labels; rebuild the bundle"
+            )
+
+    def _threshold_for(self, label: str) -> float:
+        if label in self.config.thresholds:
+            return self.config.thresholds[label]
+        if self.config.threshold is not None:
+            return self.config.threshold
+        return self.manifest.thresholds.for_label(label)
+
+    # -- per frame ------------------------------------------------------------------------
+
+    def preprocess(self, frame_bgr: UInt8Image) -> UInt8Image:
+        """Resize and colour-convert a frame; meant for the capture thread."""
+        return resize_frame(frame_bgr, self.spec)
+
+    def infer(self, frame: Frame) -> PipelineResult:
+        """Run the model on a frame; uses ``frame.tensor`` when it fits this model."""
+        start = time.perf_counter()
+        pixels = frame.tensor
+        if pixels is None or pixels.shape != self._input.shape[1:]:
+            # No preprocessing in the capture thread, or it was for another model
+            # (a model swap with a different input size): do it here.
+            pixels = resize_frame(frame.image, self.spec)
+        target = self._input[0]
+        np.multiply(pixels, self._scale, out=target)
+        np.add(target, self._offset, out=target)
+        scores = self.runtime.invoke([self._input])[0].reshape(-1)
+        if self._softmax:
+            scores = _softmax(scores)
+        top = int(np.argmax(scores))
+        top_score = float(scores[top])
+        detections: dict[str, float] = {}
+        if self._reportable_mask[top] and top_score >= self._threshold_array[top]:
+            detections[self.labels[top]] = top_score
+        elapsed_ms = (time.perf_counter() - start) * 1000.0
+        self.latency.add(elapsed_ms)
+        self._inferences += 1
+        result = PipelineResult(
+            pipeline=self.name,
+            source=frame.source,
+            frame_index=frame.index,
+            captured_at=frame.captured_at,
+            scores=scores,
+            top_label=self.labels[top],
+            top_score=top_score,
+            detections=detections,
+            inference_ms=elapsed_ms,
+        )
+        self.last_result = result
+        return result
+
+    def process(self, frame: Frame) -> list[Transition]:
+        """Infer and feed the event tracker; returns the event transitions to publish.
+
+        Debouncing runs on the stream's timeline, so a file read faster than real time
+        gives the same events as one played at its own pace.
+        """
+        result = self.infer(frame)
+        transitions = self.tracker.observe(result.detections, frame.timeline)
+        self._transitions += len(transitions)
+        return transitions
+
+    def flush(self, now: float | None = None) -> list[Transition]:
+        """End open events (source ended, shutdown, model swap)."""
+        transitions = self.tracker.flush(now)
+        self._transitions += len(transitions)
+        return transitions
+
+    def stats(self) -> ClassificationStats:
+        return ClassificationStats(
+            inferences=self._inferences,
+            transitions=self._transitions,
+            latency=self.latency.summary(),
+        )
+
+
+def _softmax(logits: FloatArray) -> FloatArray:
+    shifted = logits - np.max(logits)
+    np.exp(shifted, out=shifted)
+    shifted /= np.sum(shifted)
+    return shifted

@@ -1,0 +1,1 @@
+"""Preprocessing shared by training and the device: one implementation, both sides."""

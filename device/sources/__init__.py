@@ -1,0 +1,1 @@
+"""Stream sources: threads that read hardware or files and hand frames to pipelines."""

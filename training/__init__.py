@@ -1,0 +1,1 @@
+"""Training-side code for edgewatch: datasets, model training and export."""

@@ -1,0 +1,1 @@
+"""Dataset folder readers: turning a user's folder of files into training samples."""

@@ -1,0 +1,1 @@
+"""Synthetic, OpenCV-drawn data so tests, the demo and benchmarks need no downloads."""
