@@ -57,6 +57,9 @@ class MqttSection(_Section):
     password: str | None = None
     password_env: str | None = "EDGEWATCH_MQTT_PASSWORD"
     keepalive_s: int = Field(30, ge=5, le=3600)
+    #: MQTT 5 unless the broker lacks it: 3.1.1 clients cannot ask the broker for a
+    #: large receive window, so a burst can overflow a stock mosquitto's queue for them.
+    protocol: Literal["5", "3.1.1"] = "5"
     client_id: str | None = None
     tls: TlsSection | None = None
     reconnect_min_s: float = Field(0.5, gt=0)

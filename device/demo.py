@@ -36,16 +36,17 @@ def run_demo(
             "of the edgewatch repository (make demo), or rebuild them with `make models`"
         )
     config = load_config(config_path)
-    config = config.model_copy(
-        update={"mqtt": config.mqtt.model_copy(update={"host": "127.0.0.1", "port": port})}
-    )
     started = time.monotonic()
     broker: EmbeddedBroker | None = None
+    mqtt_update: dict[str, object] = {"host": "127.0.0.1", "port": port}
     if port_is_open("127.0.0.1", port):
         log.info("using the MQTT broker already listening on 127.0.0.1:%d", port)
     else:
         broker = EmbeddedBroker(port)
         broker.start()
+        # amqtt speaks MQTT 3.1.1 only.
+        mqtt_update["protocol"] = "3.1.1"
+    config = config.model_copy(update={"mqtt": config.mqtt.model_copy(update=mqtt_update)})
 
     daemon = Daemon(config)
     daemon_thread = threading.Thread(target=daemon.run, name="daemon", daemon=True)
@@ -57,12 +58,16 @@ def run_demo(
         if show_watch:
             from device.watch import run_watch
 
+            # The live view owns the terminal from here; only problems are logged.
+            logging.getLogger().setLevel(logging.WARNING)
+
             run_watch(
                 "127.0.0.1",
                 port,
                 prefix=config.mqtt.prefix,
                 device=config.device.id,
                 as_json=False,
+                config_for_tls=config.mqtt,
                 stop_event=stop,
             )
         else:

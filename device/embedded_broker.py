@@ -69,6 +69,7 @@ class EmbeddedBroker:
 
         # amqtt logs every connection at INFO; the demo's own output is what matters.
         logging.getLogger("amqtt").setLevel(logging.WARNING)
+        logging.getLogger("transitions").setLevel(logging.WARNING)
         self._thread = threading.Thread(target=serve, name="embedded-broker", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout_s) or self._error is not None:

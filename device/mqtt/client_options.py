@@ -59,11 +59,20 @@ log = logging.getLogger(__name__)
 
 #: The protocol maximum for Receive Maximum; see the module docstring for why.
 RECEIVE_MAXIMUM = 65535
-PROTOCOL = mqtt.MQTTv5
+PROTOCOLS = {"5": mqtt.MQTTv5, "3.1.1": mqtt.MQTTv311}
 
 
 class _EdgewatchClient(mqtt.Client):
-    """A paho client that always announces edgewatch's Receive Maximum on CONNECT."""
+    """A paho client that always announces edgewatch's Receive Maximum on CONNECT.
+
+    Under MQTT 3.1.1 (``mqtt.protocol = "3.1.1"``, for brokers without MQTT 5 such as
+    the demo's embedded amqtt) CONNECT has no properties and nothing is added.
+    """
+
+    def _edgewatch_connect_properties(self, properties: Properties | None) -> Properties | None:
+        if self.protocol != mqtt.MQTTv5:
+            return properties
+        return with_receive_maximum(properties)
 
     def connect(  # noqa: PLR0917 (paho's own signature)
         self,
@@ -82,7 +91,7 @@ class _EdgewatchClient(mqtt.Client):
             bind_address,
             bind_port,
             clean_start,
-            with_receive_maximum(properties),
+            self._edgewatch_connect_properties(properties),
         )
 
     def connect_async(  # noqa: PLR0917 (paho's own signature)
@@ -102,7 +111,7 @@ class _EdgewatchClient(mqtt.Client):
             bind_address,
             bind_port,
             clean_start,
-            with_receive_maximum(properties),
+            self._edgewatch_connect_properties(properties),
         )
 
 
@@ -133,10 +142,11 @@ def make_client(client_id: str, *, config: MqttSection | None, role: str) -> mqt
     The caller sets its own callbacks and connects; ``on_socket_open`` is taken by the
     TCP_NODELAY hook, so a caller that needs it should call :func:`set_nodelay` itself.
     """
+    protocol = config.protocol if config is not None else "5"
     client = _EdgewatchClient(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
-        protocol=PROTOCOL,
+        protocol=PROTOCOLS[protocol],
     )
     client.on_socket_open = set_nodelay
     if config is not None:
@@ -148,7 +158,11 @@ def make_client(client_id: str, *, config: MqttSection | None, role: str) -> mqt
             max_delay=max(config.reconnect_max_s, config.reconnect_min_s),  # type: ignore[arg-type]
         )
     log.debug(
-        "built MQTT %s client %r (MQTT 5, receive maximum %d)", role, client_id, RECEIVE_MAXIMUM
+        "built MQTT %s client %r (MQTT %s, receive maximum %s)",
+        role,
+        client_id,
+        protocol,
+        RECEIVE_MAXIMUM if protocol == "5" else "the broker's",
     )
     return client
 
