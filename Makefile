@@ -5,11 +5,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# Debian package -> a file it installs; missing files are installed with apt-get.
-SYSTEM_PACKAGES := mosquitto:/usr/sbin/mosquitto mosquitto-clients:/usr/bin/mosquitto_sub \
-	dataset-fashion-mnist:/usr/share/doc/dataset-fashion-mnist
+# Debian package:a file it installs; packages whose file is missing are installed.
+TEST_PACKAGES := mosquitto:/usr/sbin/mosquitto mosquitto-clients:/usr/bin/mosquitto_sub
+BENCH_PACKAGES := $(TEST_PACKAGES) dataset-fashion-mnist:/usr/share/doc/dataset-fashion-mnist
 
-.PHONY: demo test bench models lint system-deps clean help
+.PHONY: demo test bench models lint test-deps bench-deps clean help
 
 help:
 	@echo "make demo    the whole system on this machine (broker, daemon, bundled model, live view)"
@@ -30,8 +30,9 @@ $(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[device,demo]'
 	touch $@
 
-system-deps:
-	@missing=""; for entry in $(SYSTEM_PACKAGES); do \
+# $(call apt_ensure,PACKAGE:FILE ...)
+define apt_ensure
+	@missing=""; for entry in $(1); do \
 		pkg=$${entry%%:*}; file=$${entry#*:}; \
 		[ -e "$$file" ] || missing="$$missing $$pkg"; \
 	done; \
@@ -40,6 +41,13 @@ system-deps:
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
 	fi
+endef
+
+test-deps:
+	$(call apt_ensure,$(TEST_PACKAGES))
+
+bench-deps:
+	$(call apt_ensure,$(BENCH_PACKAGES))
 
 demo: $(VENV)/.demo-installed
 	$(BIN)/edgewatch demo
@@ -48,10 +56,10 @@ lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: system-deps $(VENV)/.dev-installed lint
+test: test-deps $(VENV)/.dev-installed lint
 	$(BIN)/python -m pytest --ignore=tests/benchmarks -q
 
-bench: system-deps $(VENV)/.dev-installed
+bench: bench-deps $(VENV)/.dev-installed
 	$(BIN)/python -m pytest tests/benchmarks -q -s
 
 models: $(VENV)/.dev-installed
