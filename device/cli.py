@@ -108,25 +108,37 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from converters.convert import convert_model
+    from converters.keras_to_tflite import QUANT_LEVELS
+    from converters.parity import render_parity_table
 
-    result = convert_model(
-        args.model_dir,
-        args.quant,
-        args.out,
-        calibration_dir=args.calibration,
-        sign_key=args.sign_key,
-    )
-    parity = result.parity
-    sys.stdout.write(
-        f"wrote {result.out} ({parity.size_bytes / 1024:.1f} KiB, {args.quant})\n"
-        f"held-out accuracy: keras {parity.reference_accuracy:.3f}, "
-        f"bundle {parity.bundle_accuracy:.3f}, top-1 agreement {parity.top1_agreement:.3f}, "
-        f"invoke p50 {parity.invoke_ms_p50:.2f} ms\n"
-    )
-    if result.edgetpu_report is not None:
-        sys.stdout.write(result.edgetpu_report.render_text() + "\n")
-    for warning in result.warnings:
-        sys.stderr.write(f"warning: {warning}\n")
+    levels = list(QUANT_LEVELS) if args.quant == "all" else [args.quant]
+    rows = []
+    for level in levels:
+        out = args.out if len(levels) == 1 else args.out.with_name(f"{args.out.stem}-{level}.ewm")
+        result = convert_model(
+            args.model_dir,
+            level,
+            out,
+            calibration_dir=args.calibration,
+            sign_key=args.sign_key,
+        )
+        parity = result.parity
+        rows.append(parity)
+        sys.stdout.write(
+            f"wrote {result.out} ({parity.size_bytes / 1024:.1f} KiB, {level}); held-out "
+            f"accuracy: keras {parity.reference_accuracy:.3f}, bundle "
+            f"{parity.bundle_accuracy:.3f}, top-1 agreement {parity.top1_agreement:.3f}, "
+            f"invoke p50 {parity.invoke_ms_p50:.3f} ms\n"
+        )
+        if result.edgetpu_report is not None and level == levels[-1]:
+            sys.stdout.write(result.edgetpu_report.render_text() + "\n")
+        for warning in result.warnings:
+            sys.stderr.write(f"warning: {warning}\n")
+    if len(rows) > 1:
+        table = render_parity_table(rows)
+        report = args.out.with_name(f"{args.out.stem}.parity.md")
+        report.write_text(table + "\n", encoding="utf-8")
+        sys.stdout.write(f"\n{table}\n\nparity table written to {report}\n")
     return 0
 
 
@@ -212,7 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     convert = sub.add_parser("convert", help="Keras model folder → .ewm bundle")
     convert.add_argument("model_dir", type=Path)
     convert.add_argument(
-        "--quant", choices=["float32", "float16", "dynamic", "int8", "edgetpu"], required=True
+        "--quant",
+        choices=["float32", "float16", "dynamic", "int8", "edgetpu", "all"],
+        required=True,
+        help="quantization level; `all` writes OUT-<level>.ewm for each and a parity table",
     )
     convert.add_argument("--calibration", type=Path, help="images for int8 calibration")
     convert.add_argument("--out", type=Path, required=True)

@@ -137,3 +137,19 @@ def test_untrained_task_says_what_is_available(tmp_path: Path) -> None:
     result = run_cli("train", "log-anomaly", str(tmp_path), "--out", str(tmp_path / "o"))
     assert result.returncode == 2
     assert "supported: image-classification" in result.stderr
+
+
+def test_convert_all_levels_writes_bundles_and_a_parity_table(
+    trained_model_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "shapes.ewm"
+    result = run_cli("convert", str(trained_model_dir), "--quant", "all", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    for level in ("float32", "float16", "dynamic", "int8", "edgetpu"):
+        bundle = read_bundle(tmp_path / f"shapes-{level}.ewm")
+        assert bundle.manifest.quantization == level
+    table = (tmp_path / "shapes.parity.md").read_text().splitlines()
+    assert [line.split("|")[1].strip() for line in table[2:]] == [
+        "float32", "float16", "dynamic", "int8", "edgetpu",
+    ]  # fmt: skip
+    assert "edgetpu_compiler was not found" in result.stderr
