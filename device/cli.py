@@ -47,10 +47,20 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
+    from device.config import load_config
     from device.watch import run_watch
 
-    host, port = args.broker
-    run_watch(host, port, prefix=args.prefix, device=args.device, as_json=args.json)
+    mqtt = load_config(args.config).mqtt if args.config else None
+    if args.broker is not None:
+        host, port = args.broker
+    elif mqtt is not None:
+        host, port = mqtt.host, mqtt.port
+    else:
+        host, port = "localhost", 1883
+    prefix = args.prefix or (mqtt.prefix if mqtt else "edgewatch")
+    run_watch(
+        host, port, prefix=prefix, device=args.device, as_json=args.json, config_for_tls=mqtt
+    )
     return 0
 
 
@@ -172,9 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=_cmd_check_config)
 
     watch = sub.add_parser("watch", help="live view of devices and their events")
-    watch.add_argument("--broker", type=_broker, default=("localhost", 1883), help="HOST:PORT")
+    watch.add_argument("--broker", type=_broker, help="HOST:PORT (default localhost:1883)")
+    watch.add_argument(
+        "--config", type=Path, help="take broker, TLS, credentials and prefix from a device config"
+    )
     watch.add_argument("--device", help="only this device")
-    watch.add_argument("--prefix", default="edgewatch")
+    watch.add_argument("--prefix", help="topic prefix (default edgewatch)")
     watch.add_argument("--json", action="store_true", help="one JSON event per line")
     watch.set_defaults(handler=_cmd_watch)
 

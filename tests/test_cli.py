@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import signal
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -14,6 +16,8 @@ import pytest
 from converters.bundle_writer import write_bundle
 from device.bundle.reader import read_bundle
 from device.cli import main
+from device.config import load_config
+from tests.conftest import Broker
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -153,3 +157,38 @@ def test_convert_all_levels_writes_bundles_and_a_parity_table(
         "float32", "float16", "dynamic", "int8", "edgetpu",
     ]  # fmt: skip
     assert "edgetpu_compiler was not found" in result.stderr
+
+
+def test_watch_json_streams_events_from_a_device_config(
+    mosquitto: Broker, tmp_path: Path, int8_bundle: Path
+) -> None:
+    from device.mqtt.publisher import MqttPublisher
+    from device.mqtt.topics import Topics
+    from tests.test_mqtt_publisher import make_event
+
+    config = config_for(tmp_path, int8_bundle).read_text()
+    config += f'\n[mqtt]\nhost = "127.0.0.1"\nport = {mosquitto.port}\nprefix = "site-a"\n'
+    (tmp_path / "device.toml").write_text(config)
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "device.cli", "watch", "--config", str(tmp_path / "device.toml"),
+         "--json"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    publisher = MqttPublisher(
+        load_config(tmp_path / "device.toml").mqtt, Topics("site-a", "cli-test")
+    )
+    publisher.start()
+    try:
+        assert publisher.wait_connected(10)
+        time.sleep(2.0)  # the watcher subscribes
+        for seq in range(3):
+            publisher.publish_event(make_event("cli-test", "front", seq))
+        time.sleep(1.5)
+    finally:
+        publisher.stop()
+        watcher.send_signal(signal.SIGINT)
+        out, err = watcher.communicate(timeout=15)
+    lines = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert [line["seq"] for line in lines] == [0, 1, 2], err
+    assert {line["device"] for line in lines} == {"cli-test"}
+    assert watcher.returncode in (0, 130)

@@ -51,16 +51,6 @@ def camera_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _median_run(bundle: Path, video: Path, frames: int) -> tuple[BenchResult, float]:
-    """Repeated side-by-side runs; the result whose ratio is the median, and that ratio."""
-    results = sorted(
-        (run_bench(bundle, video, threads=THREADS, frames=frames) for _ in range(REPEATS)),
-        key=lambda r: r.throughput_ratio,
-    )
-    median = results[len(results) // 2]
-    return median, statistics.median(r.throughput_ratio for r in results)
-
-
 def _lines(label: str, result: BenchResult, ratios: list[float]) -> list[str]:
     return [
         f"{label}: {result.frames} frames, {result.model} ({result.quantization}), "
