@@ -29,7 +29,7 @@ from device.config import ClassificationPipeline as ClassificationConfig
 from device.errors import ConfigError, ModelMismatchError
 from device.latency import LatencySummary, LatencyWindow
 from device.pipelines.lifecycle import EventTracker, Transition, WallClock
-from device.preprocessing.image import resize_frame
+from device.preprocessing.image import normalise, resize_frame
 from device.runtime import ModelRuntime
 from device.sources.camera import Frame
 
@@ -110,8 +110,6 @@ class ClassificationPipeline:
         self._input: FloatArray = np.empty(
             (1, self.spec.height, self.spec.width, channels), dtype=np.float32
         )
-        self._scale = np.float32(self.spec.scale)
-        self._offset = np.float32(self.spec.offset)
         self._softmax = manifest.decoding.apply_softmax
         self.tracker = EventTracker(config.events, clock)
         self.latency = LatencyWindow()
@@ -171,9 +169,7 @@ class ClassificationPipeline:
             # No preprocessing in the capture thread, or it was for another model
             # (a model swap with a different input size): do it here.
             pixels = resize_frame(frame.image, self.spec)
-        target = self._input[0]
-        np.multiply(pixels, self._scale, out=target)
-        np.add(target, self._offset, out=target)
+        normalise(pixels, self.spec, out=self._input[0])
         scores = self.runtime.invoke([self._input])[0].reshape(-1)
         if self._softmax:
             scores = _softmax(scores)

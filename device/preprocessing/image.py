@@ -45,9 +45,19 @@ def resize_frame(frame: UInt8Image, spec: ImagePreprocessing) -> UInt8Image:
     return np.asarray(resized, dtype=np.uint8)
 
 
-def normalise(pixels: UInt8Image, spec: ImagePreprocessing) -> FloatTensor:
-    """uint8 HxWxC → float32 HxWxC with the manifest's scale and offset."""
-    return pixels.astype(np.float32) * np.float32(spec.scale) + np.float32(spec.offset)
+def normalise(
+    pixels: UInt8Image, spec: ImagePreprocessing, out: FloatTensor | None = None
+) -> FloatTensor:
+    """uint8 HxWxC → float32 HxWxC with the manifest's scale and offset.
+
+    ``out`` lets the daemon reuse one buffer per pipeline instead of allocating a
+    frame-sized array for every frame.
+    """
+    if out is None:
+        out = np.empty(pixels.shape, dtype=np.float32)
+    np.multiply(pixels, np.float32(spec.scale), out=out, dtype=np.float32)
+    np.add(out, np.float32(spec.offset), out=out)
+    return out
 
 
 def channels(spec: ImagePreprocessing) -> int:
