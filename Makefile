@@ -6,7 +6,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian package:a file it installs; packages whose file is missing are installed.
-TEST_PACKAGES := mosquitto:/usr/sbin/mosquitto mosquitto-clients:/usr/bin/mosquitto_sub
+TEST_PACKAGES := mosquitto:/usr/sbin/mosquitto mosquitto-clients:/usr/bin/mosquitto_sub \
+	systemd:/usr/bin/systemd-analyze
 BENCH_PACKAGES := $(TEST_PACKAGES) dataset-fashion-mnist:/usr/share/doc/dataset-fashion-mnist
 
 .PHONY: demo test bench models lint test-deps bench-deps clean help

@@ -45,6 +45,7 @@ from device.pipelines.classification import ClassificationPipeline
 from device.pipelines.lifecycle import Transition
 from device.procstats import ProcessMonitor
 from device.runtime import load_for_manifest
+from device.sdnotify import SdNotifier
 from device.seqstore import SeqStore
 from device.sources.camera import CameraStream
 
@@ -86,6 +87,10 @@ class Daemon:
         self._event_counts = {p.name: 0 for p in self.pipelines}
         self._monitor = ProcessMonitor()
         self._last_state: State | None = None
+        # systemd Type=notify (no-op outside systemd): readiness, watchdog, status.
+        self._notify = SdNotifier()
+        self._next_watchdog = 0.0
+        self._last_status = ""
 
     # -- start-up ---------------------------------------------------------------------
 
@@ -151,9 +156,16 @@ class Daemon:
             worker.start()
             self._workers.append(worker)
         self._publish_state()
+        # Ready once models are loaded and sources and publisher started; not when the
+        # broker answers: a broker that is down at boot must not fail the unit's start.
+        self._last_status = self._status_line()
+        self._notify.ready(self._last_status)
+        watchdog_s = self._notify.watchdog_interval_s
+        poll_s = min(STATE_POLL_S, watchdog_s) if watchdog_s else STATE_POLL_S
         next_stats = time.monotonic() + self.config.stats.interval_s
         try:
-            while not self._stop.wait(STATE_POLL_S):
+            while not self._stop.wait(poll_s):
+                self._notify_alive()
                 if not any(worker.is_alive() for worker in self._workers):
                     log.info("every source has ended; stopping")
                     break
@@ -285,7 +297,28 @@ class Daemon:
             publish_queue=self.publisher.stats.pending,
         )
 
+    def _notify_alive(self) -> None:
+        """Watchdog ping from the main loop (a hung loop gets the unit restarted) and
+        the status line `systemctl status` shows, sent when it changes."""
+        now = time.monotonic()
+        watchdog_s = self._notify.watchdog_interval_s
+        if watchdog_s is not None and now >= self._next_watchdog:
+            self._notify.watchdog()
+            self._next_watchdog = now + watchdog_s
+        status = self._status_line()
+        if status != self._last_status:
+            self._notify.status(status)
+            self._last_status = status
+
+    def _status_line(self) -> str:
+        return (
+            f"{len(self.streams)} source(s), {len(self.pipelines)} pipeline(s); broker "
+            f"{self.config.mqtt.host}:{self.config.mqtt.port} "
+            f"{'connected' if self.publisher.connected else 'not connected (retrying)'}"
+        )
+
     def _shutdown(self) -> None:
+        self._notify.stopping()
         self._stop.set()
         for stream in self.streams.values():
             stream.stop()
@@ -301,6 +334,7 @@ class Daemon:
 
 def run_daemon(config: DeviceConfig, install_signals: bool = True) -> int:
     """Entry point of `edgewatch run`: SIGTERM and SIGINT stop the daemon cleanly."""
+    SdNotifier().status("loading models")
     daemon = Daemon(config)
     if install_signals:
         _install_stop_signals(daemon.stop)

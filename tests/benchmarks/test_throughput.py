@@ -29,7 +29,7 @@ from training.synthetic.shapes import Appearance, write_shapes_video
 
 TARGET_RATIO = 1.3
 THREADS = 2
-REPEATS = 3
+REPEATS = 7
 CAMERA_SIZE = (640, 480)
 CAMERA_FPS = 30
 CAMERA_FRAMES = 300
