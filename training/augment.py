@@ -45,10 +45,12 @@ class Augmentation:
         shift_x, shift_y = rng.uniform(-self.max_shift, self.max_shift, size=2)
         matrix = cv2.getRotationMatrix2D((width / 2.0, height / 2.0), angle, zoom)
         matrix[:, 2] += (shift_x * width, shift_y * height)
-        # Reflected borders avoid black wedges that would be a shortcut for the model.
+        # Replicated borders avoid black wedges that would be a shortcut for the model,
+        # and unlike reflection they never mirror an object near the edge into a second,
+        # partial copy that contradicts the label (one shape becoming two).
         warped = cv2.warpAffine(
             image, matrix, (width, height), flags=cv2.INTER_LINEAR,
-            borderMode=cv2.BORDER_REFLECT_101,
+            borderMode=cv2.BORDER_REPLICATE,
         ).reshape(height, width, depth)
         if self.flip_horizontal and rng.random() < 0.5:
             warped = warped[:, ::-1]

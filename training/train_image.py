@@ -67,6 +67,8 @@ class ImageTrainOptions:
     dropout: float = 0.2
     #: Separable blocks of the from-scratch MobileNet (see training.models.mobilenet).
     blocks: int = 10
+    #: How blocks halve the resolution (see training.models.mobilenet.Downsample).
+    downsample: Literal["maxpool", "stride"] = "maxpool"
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     augmentation: Augmentation | None = field(default_factory=Augmentation)
@@ -206,6 +208,7 @@ def _build(keras: Any, options: ImageTrainOptions, classes: int, name: str) -> A
         dropout=options.dropout,
         pretrained=options.pretrained,
         blocks=options.blocks,
+        downsample=options.downsample,
     )
     return build_mobilenet(spec, name=_NAME_CHARS.sub("_", name))
 
@@ -338,6 +341,7 @@ def _write_outputs(
         "alpha": str(options.alpha),
         "input_size": str(options.input_size),
         "blocks": str(options.blocks),
+        "downsample": options.downsample,
         "tensorflow": device.tensorflow_version,
         "keras": device.keras_version,
         "trained_on": device.describe(),

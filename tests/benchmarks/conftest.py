@@ -40,3 +40,29 @@ def demo_video() -> Path:
     if not DEMO_VIDEO.is_file():
         pytest.fail(f"{DEMO_VIDEO} is missing; rebuild the demo assets with `make models`")
     return DEMO_VIDEO
+
+
+@pytest.fixture(scope="session")
+def pi_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project's classifier at the size a Pi runs (MobileNet 96x96, alpha 0.5),
+    trained for a dozen epochs on generated shapes: real weights, a fair held-out split."""
+    from training.synthetic.shapes import write_image_folder
+    from training.train_image import ImageTrainOptions, train_image_classifier
+
+    work = tmp_path_factory.mktemp("pi-model")
+    write_image_folder(work / "shapes", 200, seed=21)
+    options = ImageTrainOptions(
+        epochs=12, seed=21, input_size=96, alpha=0.5, name="pi-shapes",
+        test_fraction=0.3, progress=False, learning_rate=2e-3,
+    )  # fmt: skip
+    train_image_classifier(work / "shapes", work / "model", options)
+    return work / "model"
+
+
+@pytest.fixture(scope="session")
+def pi_int8_bundle(pi_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from converters.convert import convert_model
+
+    out = tmp_path_factory.mktemp("pi-bundle") / "pi-shapes-int8.ewm"
+    convert_model(pi_model_dir, "int8", out)
+    return out

@@ -15,35 +15,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from converters.convert import ConversionResult, convert_model
 from converters.parity import render_parity_table
 from tests.benchmarks.conftest import report
-from training.synthetic.shapes import write_image_folder
-from training.train_image import ImageTrainOptions, train_image_classifier
 
 SIZE_TARGET = 0.30
 DROP_TARGET_POINTS = 1.0
-IMAGES_PER_CLASS = 200
-EPOCHS = 12
 #: The accuracy comparison means something only for a model that learned the task.
 MIN_FLOAT_ACCURACY = 0.6
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    work = tmp_path_factory.mktemp("pi-model")
-    write_image_folder(work / "shapes", IMAGES_PER_CLASS, seed=21)
-    options = ImageTrainOptions(
-        epochs=EPOCHS, seed=21, input_size=96, alpha=0.5, name="pi-shapes",
-        test_fraction=0.3, progress=False, learning_rate=2e-3,
-    )  # fmt: skip
-    train_image_classifier(work / "shapes", work / "model", options)
-    return work / "model"
-
-
-def test_int8_bundle_is_small_and_as_accurate(model_dir: Path, tmp_path: Path) -> None:
+def test_int8_bundle_is_small_and_as_accurate(pi_model_dir: Path, tmp_path: Path) -> None:
+    model_dir = pi_model_dir
     results: dict[str, ConversionResult] = {
         level: convert_model(model_dir, level, tmp_path / f"pi-shapes-{level}.ewm")  # type: ignore[arg-type]
         for level in ("float32", "int8")

