@@ -35,7 +35,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from device.daemon import run_daemon
 
     config = load_config(args.config)
-    return run_daemon(config)
+    return run_daemon(config, config_path=args.config)
+
+
+def _cmd_ha_remove(args: argparse.Namespace) -> int:
+    from device.config import load_config
+    from device.homeassistant import remove_device
+
+    config = load_config(args.config)
+    cleared = remove_device(config)
+    sys.stdout.write(
+        f"cleared {cleared} Home Assistant discovery config(s) of device {config.device.id}\n"
+    )
+    return 0
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -106,6 +118,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         color=args.color,
         pretrained=args.pretrained,
         batch_size=args.batch_size,
+        blocks=args.blocks,
+        patience=args.patience,
+        warmup_epochs=args.warmup_epochs,
         **({"name": args.name} if args.name else {}),
     )
     result = train_image_classifier(args.data_dir, args.out, options)
@@ -205,6 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(handler=_cmd_bench)
 
+    ha = sub.add_parser("ha", help="Home Assistant discovery")
+    ha_sub = ha.add_subparsers(dest="ha_command", required=True, metavar="ACTION")
+    ha_remove = ha_sub.add_parser(
+        "remove", help="delete the device's entities from Home Assistant (empty configs)"
+    )
+    ha_remove.add_argument("--config", type=Path, required=True, help="device config (TOML)")
+    ha_remove.set_defaults(handler=_cmd_ha_remove)
+
     keys = sub.add_parser("keys", help="bundle signing keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     generate = keys_sub.add_parser("generate", help="create an Ed25519 key pair in DIR")
@@ -231,6 +254,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--color", choices=["rgb", "grey"], default="rgb")
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--pretrained", choices=["imagenet"], default=None)
+    train.add_argument(
+        "--blocks", type=int, default=10, help="separable blocks (fewer for small inputs)"
+    )
+    train.add_argument(
+        "--patience", type=int, default=5, help="epochs without val-loss gain before stopping"
+    )
+    train.add_argument(
+        "--warmup-epochs", type=int, default=3, help="epochs before early stopping watches"
+    )
     train.add_argument("--name", help="model name (default: the data folder's name)")
     train.set_defaults(handler=_cmd_train)
 

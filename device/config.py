@@ -83,6 +83,27 @@ class RuntimeSection(_Section):
 
 class StatsSection(_Section):
     interval_s: float = Field(30.0, ge=1.0)
+    #: A thermal-zone file in millidegrees Celsius (Linux); reported as temperature_c in
+    #: stats when readable, left out when not (containers, most non-Pi machines).
+    temperature_file: Path | None = Path("/sys/class/thermal/thermal_zone0/temp")
+
+
+class HomeAssistantSection(_Section):
+    """MQTT discovery: Home Assistant creates the device and its entities by itself."""
+
+    enabled: bool = True
+    #: Home Assistant's discovery prefix (its MQTT integration's setting).
+    discovery_prefix: str = Field("homeassistant", pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_/-]*$")
+
+
+class PrometheusSection(_Section):
+    """An optional scrape endpoint with the stats topic's figures (prometheus_client)."""
+
+    #: None (the default): no endpoint.
+    port: int | None = Field(None, ge=1, le=65535)
+    #: Loopback by default: the endpoint has no authentication; "0.0.0.0" to scrape
+    #: from the network.
+    bind: str = "127.0.0.1"
 
 
 class CameraSource(_Section):
@@ -158,6 +179,8 @@ class DeviceConfig(_Section):
     mqtt: MqttSection = Field(default_factory=MqttSection)
     runtime: RuntimeSection = Field(default_factory=RuntimeSection)
     stats: StatsSection = Field(default_factory=StatsSection)
+    homeassistant: HomeAssistantSection = Field(default_factory=HomeAssistantSection)
+    prometheus: PrometheusSection = Field(default_factory=PrometheusSection)
     sources: dict[Name, Source] = Field(default_factory=dict)
     pipelines: dict[Name, Pipeline] = Field(default_factory=dict)
 

@@ -17,18 +17,24 @@ daemon runs meanwhile.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
+
+from pydantic import JsonValue
 
 from device import __version__
 from device.bundle.reader import read_bundle
 from device.bundle.signing import load_public_key
-from device.config import DeviceConfig
+from device.commands import CommandError, CommandHandler, ReloadReport, UInt8Image, unknown
+from device.config import DeviceConfig, load_config
+from device.homeassistant import Entity, HomeAssistantDiscovery, PipelineInfo, build_entities
 from device.mqtt.payloads import (
     Event,
     ModelRef,
@@ -44,10 +50,12 @@ from device.mqtt.topics import Topics
 from device.pipelines.classification import ClassificationPipeline
 from device.pipelines.lifecycle import Transition
 from device.procstats import ProcessMonitor
+from device.prometheus import PrometheusEndpoint
 from device.runtime import load_for_manifest
 from device.sdnotify import SdNotifier
 from device.seqstore import SeqStore
 from device.sources.camera import CameraStream
+from device.thermal import read_temperature_c
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +80,11 @@ class Daemon:
         config: DeviceConfig,
         publisher: MqttPublisher | None = None,
         realtime: bool = True,
+        config_path: Path | None = None,
     ) -> None:
         self.config = config
+        #: Where `reload` re-reads the config from; None: reload is refused.
+        self.config_path = config_path
         self.topics = Topics(config.mqtt.prefix, config.device.id)
         self._stop = threading.Event()
         self._started_at = time.time()
@@ -91,6 +102,25 @@ class Daemon:
         self._notify = SdNotifier()
         self._next_watchdog = 0.0
         self._last_status = ""
+        # Runtime switches set by commands (not persisted: a restart re-reads the config).
+        self._lock = threading.Lock()
+        self._disabled: set[str] = set()
+        self._latest_images: dict[str, UInt8Image] = {}
+        self.commands = CommandHandler(self, self.publisher, self.topics)
+        self.discovery: HomeAssistantDiscovery | None = None
+        if config.homeassistant.enabled:
+            self.discovery = HomeAssistantDiscovery(
+                self.publisher, config.homeassistant.discovery_prefix, config.device.id
+            )
+        self.prometheus: PrometheusEndpoint | None = None
+        if config.prometheus.port is not None:
+            # Its own CPU sampler, so a scrape does not shorten the stats topic's window.
+            scrape_monitor = ProcessMonitor()
+            self.prometheus = PrometheusEndpoint(
+                lambda: self.stats(scrape_monitor),
+                config.prometheus.port,
+                config.prometheus.bind,
+            )
 
     # -- start-up ---------------------------------------------------------------------
 
@@ -145,7 +175,12 @@ class Daemon:
     # -- running ----------------------------------------------------------------------
 
     def run(self) -> int:
+        if self.prometheus is not None:
+            self.prometheus.start()  # first: a port in use stops us before going online
         self.publisher.start()
+        self.commands.start()
+        if self.discovery is not None:
+            self.discovery.start(self.entities())
         for stream in self.streams.values():
             stream.start()
         for name, stream in self.streams.items():
@@ -181,6 +216,7 @@ class Daemon:
         self._stop.set()
 
     def _infer_loop(self, stream: CameraStream, users: Sequence[LoadedPipeline]) -> None:
+        enabled = True
         try:
             while not self._stop.is_set():
                 frame = stream.get(timeout=GET_TIMEOUT_S)
@@ -188,8 +224,22 @@ class Daemon:
                     if stream.finished:
                         break
                     continue
-                for loaded in users:
-                    transitions = loaded.pipeline.process(frame)
+                with self._lock:
+                    self._latest_images[stream.name] = frame.image
+                    now_enabled = stream.name not in self._disabled
+                if enabled and not now_enabled:
+                    # Disabled: end what is open (here, on the thread that owns the
+                    # trackers) and infer nothing until enabled again.
+                    for loaded in users:
+                        self._publish_transitions(loaded, loaded.pipeline.flush(), time.time())
+                enabled = now_enabled
+                if not enabled:
+                    continue
+                for index, loaded in enumerate(users):
+                    # The capture thread prepared the tensor for the first pipeline
+                    # only; the others start from the decoded image.
+                    own = frame if index == 0 else dataclasses.replace(frame, tensor=None)
+                    transitions = loaded.pipeline.process(own)
                     self._publish_transitions(loaded, transitions, frame.captured_at)
         except Exception:
             log.exception("inference for source %s failed; the source is stopped", stream.name)
@@ -237,6 +287,7 @@ class Daemon:
                     kind="camera",
                     status=snapshot.status,
                     detail=snapshot.detail,
+                    enabled=self.source_enabled(name),
                 )
             )
         return State(
@@ -259,8 +310,8 @@ class Daemon:
             self._last_state = current
             self.publisher.publish_state(current)
 
-    def stats(self) -> Stats:
-        process = self._monitor.sample()
+    def stats(self, monitor: ProcessMonitor | None = None) -> Stats:
+        process = (monitor or self._monitor).sample()
         sources = []
         for name, stream in self.streams.items():
             snapshot = stream.stats()
@@ -270,8 +321,10 @@ class Daemon:
                     fps=round(snapshot.fps, 2),
                     frames=snapshot.frames,
                     dropped=snapshot.dropped,
+                    skipped=snapshot.skipped,
                     reconnects=snapshot.reconnects,
                     queue_depth=snapshot.queue_depth,
+                    enabled=self.source_enabled(name),
                 )
             )
         pipelines = []
@@ -295,6 +348,116 @@ class Daemon:
             cpu_percent=process.cpu_percent,
             memory_rss_mb=process.rss_mb,
             publish_queue=self.publisher.stats.pending,
+            temperature_c=read_temperature_c(self.config.stats.temperature_file),
+        )
+
+    # -- what commands act on (device/commands.py: CommandTarget) ---------------------
+
+    def source_enabled(self, source: str) -> bool:
+        with self._lock:
+            return source not in self._disabled
+
+    def set_source_enabled(self, source: str, enabled: bool) -> None:
+        if source not in self.streams:
+            raise unknown("source", source, sorted(self.streams))
+        with self._lock:
+            if enabled:
+                self._disabled.discard(source)
+            else:
+                self._disabled.add(source)
+        log.info("source %s %s by command", source, "enabled" if enabled else "disabled")
+        self._publish_state_if_changed()
+
+    def set_threshold(self, label: str, value: float, pipeline: str | None) -> list[str]:
+        candidates = [p for p in self.pipelines if pipeline is None or p.name == pipeline]
+        if not candidates:
+            raise unknown("pipeline", pipeline or "", [p.name for p in self.pipelines])
+        targets = [p for p in candidates if label in p.pipeline.labels]
+        if not targets:
+            labels = sorted({lb for p in candidates for lb in p.pipeline.labels})
+            raise unknown("label", label, labels)
+        for loaded in targets:
+            loaded.pipeline.set_threshold(label, value)
+        log.info("threshold of %s set to %.3f by command", label, value)
+        return [p.name for p in targets]
+
+    def latest_image(self, source: str) -> UInt8Image | None:
+        if source not in self.streams:
+            raise unknown("source", source, sorted(self.streams))
+        with self._lock:
+            return self._latest_images.get(source)
+
+    def reload_config(self) -> ReloadReport:
+        """Re-read the config file and apply thresholds, ignored labels, debounce and
+        the stats interval now; report every other change as needing a restart."""
+        if self.config_path is None:
+            raise CommandError("this daemon was started without a config file to reload")
+        new = load_config(self.config_path)
+        old = self.config
+        restart = [
+            section
+            for section in ("device", "mqtt", "runtime", "homeassistant", "prometheus")
+            if getattr(new, section) != getattr(old, section)
+        ]
+        restart += [f"sources.{n}" for n in sorted(set(new.sources) | set(old.sources))
+                    if new.sources.get(n) != old.sources.get(n)]  # fmt: skip
+        restart += [f"pipelines.{n}" for n in sorted(set(new.pipelines) ^ set(old.pipelines))]
+        live = {"threshold", "thresholds", "ignore_labels", "events"}
+        applied: list[str] = []
+        updates = []
+        for loaded in self.pipelines:
+            fresh = new.pipelines.get(loaded.name)
+            if fresh is None:
+                continue
+            current = loaded.pipeline.config
+            if fresh.model_dump(exclude=live) != current.model_dump(exclude=live):
+                restart.append(f"pipelines.{loaded.name}")
+            merged = current.model_copy(update={key: getattr(fresh, key) for key in live})
+            changed = [k for k in sorted(live) if getattr(merged, k) != getattr(current, k)]
+            updates.append((loaded, merged, changed))
+        # Check every pipeline before changing any, so a bad file changes nothing.
+        for loaded, merged, _ in updates:
+            names = (*merged.thresholds, *merged.ignore_labels)
+            missing = [label for label in names if label not in loaded.pipeline.labels]
+            if missing:
+                raise CommandError(
+                    f"{self.config_path}: pipelines.{loaded.name} names label(s) "
+                    f"{missing} that model {loaded.model.name} lacks; nothing was changed"
+                )
+        pipelines = dict(old.pipelines)
+        for loaded, merged, changed in updates:
+            loaded.pipeline.reconfigure(merged)
+            pipelines[loaded.name] = merged
+            applied += [f"pipelines.{loaded.name}.{key}" for key in changed]
+        if new.stats != old.stats:
+            applied.append("stats")
+        self.config = old.model_copy(update={"stats": new.stats, "pipelines": pipelines})
+        if self.discovery is not None:
+            self.discovery.update(self.entities())
+        log.info("config reloaded: applied %s; restart needed for %s", applied, restart)
+        return ReloadReport(applied=tuple(applied), restart_required=tuple(restart))
+
+    def report_state(self) -> dict[str, JsonValue]:
+        state = self.state()
+        self._last_state = state
+        self.publisher.publish_state(state)
+        thresholds: dict[str, JsonValue] = {
+            p.name: {label: round(v, 4) for label, v in p.pipeline.thresholds.items()}
+            for p in self.pipelines
+        }
+        document: dict[str, JsonValue] = state.model_dump(mode="json", by_alias=True)
+        document["thresholds"] = thresholds
+        return document
+
+    def entities(self) -> list[Entity]:
+        """Home Assistant entities for what runs now."""
+        infos = [
+            PipelineInfo(name=p.name, source=p.source, reportable=p.pipeline.reportable)
+            for p in self.pipelines
+        ]
+        temperature = read_temperature_c(self.config.stats.temperature_file) is not None
+        return build_entities(
+            self.config.device.id, self.topics, infos, with_temperature=temperature
         )
 
     def _notify_alive(self) -> None:
@@ -324,6 +487,9 @@ class Daemon:
             stream.stop()
         for worker in self._workers:
             worker.join(timeout=5.0)
+        self.commands.stop()
+        if self.prometheus is not None:
+            self.prometheus.stop()
         try:
             self.publisher.publish_stats(self.stats())
         finally:
@@ -332,10 +498,13 @@ class Daemon:
         log.info("stopped")
 
 
-def run_daemon(config: DeviceConfig, install_signals: bool = True) -> int:
-    """Entry point of `edgewatch run`: SIGTERM and SIGINT stop the daemon cleanly."""
+def run_daemon(
+    config: DeviceConfig, install_signals: bool = True, config_path: Path | None = None
+) -> int:
+    """Entry point of `edgewatch run`: SIGTERM and SIGINT stop the daemon cleanly;
+    ``config_path`` is what the `reload` command re-reads."""
     SdNotifier().status("loading models")
-    daemon = Daemon(config)
+    daemon = Daemon(config, config_path=config_path)
     if install_signals:
         _install_stop_signals(daemon.stop)
     log.info(

@@ -279,6 +279,47 @@ def test_example_config_is_valid() -> None:
     assert config.pipelines["main"].model == Path("/var/lib/edgewatch/models/shapes.ewm")
 
 
+# --- the arm64 check (make arm64-check) -------------------------------------------------
+# Its real run emulates a whole Debian root for many minutes, so it is never run here;
+# these only catch a script that would fail before it starts.
+
+ARM64_CHECK = DEPLOY / "arm64-check.sh"
+
+
+def test_arm64_check_script_parses() -> None:
+    result = subprocess.run(
+        ["bash", "-n", str(ARM64_CHECK)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+def test_arm64_check_script_passes_shellcheck() -> None:
+    result = subprocess.run(
+        ["shellcheck", str(ARM64_CHECK)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout
+
+
+def test_arm64_check_refuses_bad_arguments_before_doing_anything() -> None:
+    usage = subprocess.run(
+        ["bash", str(ARM64_CHECK), "--help"], capture_output=True, text=True, check=False
+    )
+    assert usage.returncode == 0 and "--fresh" in usage.stdout
+    bad = subprocess.run(
+        ["bash", str(ARM64_CHECK), "--duration", "soon"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "whole seconds" in bad.stderr
+
+
+def test_arm64_check_is_not_part_of_make_test() -> None:
+    makefile = (REPO / "Makefile").read_text()
+    test_rule = next(line for line in makefile.splitlines() if line.startswith("test:"))
+    assert "arm64" not in test_rule
+    assert "\narm64-check:" in makefile
+
+
 # The pip steps, chrooted into the target like an image build, against a stand-in
 # interpreter: it reports the Python minor version it is told to, and its venv's pip
 # records its arguments and refuses ai-edge-litert when told to (as on armhf).

@@ -62,3 +62,21 @@ def test_tensors_that_differ_from_the_manifest_are_refused(int8_bundle: Path) ->
 def test_garbage_model_bytes_are_a_clear_error() -> None:
     with pytest.raises(ModelMismatchError, match="cannot load this model"):
         ModelRuntime(b"\x00" * 64, threads=1)
+
+
+def test_pixel_lookup_equals_normalise_then_quantize(int8_bundle: Path) -> None:
+    """The capture thread's table lookup gives exactly the long way's input tensor."""
+    from device.pipelines.classification import pixel_lut
+    from device.preprocessing.image import normalise, resize_frame
+
+    bundle = read_bundle(int8_bundle)
+    runtime = ModelRuntime(bundle.model_bytes, threads=1)
+    spec = bundle.manifest.preprocessing
+    frame = np.random.default_rng(3).integers(0, 256, size=(120, 160, 3), dtype=np.uint8)
+    resized = resize_frame(frame, spec)
+    lut = pixel_lut(spec, runtime.inputs[0])
+    assert lut is not None and lut.dtype == np.int8
+    long_way = quantize(normalise(resized, spec), runtime.inputs[0])
+    np.testing.assert_array_equal(np.take(lut, resized), long_way)
+    float_spec = runtime.inputs[0].model_copy(update={"dtype": "float32", "scale": 0.0})
+    assert pixel_lut(spec, float_spec) is None

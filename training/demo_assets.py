@@ -26,7 +26,7 @@ VIDEO_SIZE = (128, 128)
 VIDEO_FPS = 10
 
 
-def build_demo_assets(demo_dir: Path, epochs: int = 30) -> None:
+def build_demo_assets(demo_dir: Path, epochs: int = 20) -> None:
     models_dir = demo_dir / "models"
     samples_dir = demo_dir / "samples"
     models_dir.mkdir(parents=True, exist_ok=True)
@@ -60,7 +60,7 @@ def build_demo_assets(demo_dir: Path, epochs: int = 30) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("demo_dir", type=Path)
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=20)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     build_demo_assets(args.demo_dir, epochs=args.epochs)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 EVENT_SCHEMA = 1
 STATE_SCHEMA = 1
 STATS_SCHEMA = 1
+COMMAND_RESULT_SCHEMA = 1
 
 EventType = Literal["start", "update", "end", "instant"]
 
@@ -73,6 +74,8 @@ class SourceState(_Wire):
     kind: str
     status: Literal["starting", "running", "reconnecting", "stopped", "failed"]
     detail: str = ""
+    #: False after a `disable` command: frames are read but not inferred.
+    enabled: bool = True
 
 
 class PipelineState(_Wire):
@@ -102,9 +105,13 @@ class SourceStats(_Wire):
     name: str
     fps: float
     frames: int
+    #: Dropped because inference fell behind (the oldest waiting frame goes).
     dropped: int
+    #: Skipped by the fps cap before any decoding (gated, not lost).
+    skipped: int = 0
     reconnects: int
     queue_depth: int
+    enabled: bool = True
 
 
 class PipelineStats(_Wire):
@@ -127,3 +134,21 @@ class Stats(_Wire):
     cpu_percent: float
     memory_rss_mb: float
     publish_queue: int
+    #: SoC temperature where the kernel exposes it (a Pi does), else absent/null.
+    temperature_c: float | None = None
+
+
+class CommandResult(_Wire):
+    """The reply to a command, QoS 1 on ``<prefix>/<device>/cmd/<name>/result``."""
+
+    schema_version: int = Field(COMMAND_RESULT_SCHEMA, alias="schema")
+    device: str
+    command: str
+    #: Echoed from the command so a caller can match replies to requests.
+    request_id: str | None = None
+    ok: bool
+    #: Why the command failed (invalid payload, unknown source, ...); None when ok.
+    error: str | None = None
+    at: float
+    #: Command-specific result (see docs/home-assistant.md for each command).
+    data: dict[str, JsonValue] = Field(default_factory=dict)

@@ -40,6 +40,10 @@ class Topics:
     def command_result(self, name: str) -> str:
         return f"{self.base}/cmd/{name}/result"
 
+    def snapshot(self, source: str) -> str:
+        """A JPEG of a source's latest frame, published on the `snapshot` command."""
+        return f"{self.base}/snapshot/{source}"
+
     @property
     def models_push(self) -> str:
         return f"{self.base}/models/push"

@@ -23,14 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from device.bundle.manifest import ImagePreprocessing
+from device.bundle.manifest import ImagePreprocessing, TensorSpec
 from device.bundle.reader import Bundle
 from device.config import ClassificationPipeline as ClassificationConfig
 from device.errors import ConfigError, ModelMismatchError
 from device.latency import LatencySummary, LatencyWindow
 from device.pipelines.lifecycle import EventTracker, Transition, WallClock
 from device.preprocessing.image import normalise, resize_frame
-from device.runtime import ModelRuntime
+from device.runtime import AnyArray, ModelRuntime, dequantize, quantize
 from device.sources.camera import Frame
 
 log = logging.getLogger(__name__)
@@ -90,27 +90,16 @@ class ClassificationPipeline:
         self.spec: ImagePreprocessing = manifest.preprocessing
         self._check_labels()
         self._check_output()
-        self.thresholds: dict[str, float] = {
-            label: self._threshold_for(label) for label in self.labels
-        }
+        self.thresholds: dict[str, float] = {}
         #: Labels that can ever produce an event.
-        self.reportable: tuple[str, ...] = tuple(
-            label
-            for label in self.labels
-            if label not in manifest.decoding.background_labels
-            and label not in config.ignore_labels
-        )
-        self._threshold_array = np.array(
-            [self.thresholds[label] for label in self.labels], dtype=np.float32
-        )
-        self._reportable_mask = np.array(
-            [label in self.reportable for label in self.labels], dtype=bool
-        )
+        self.reportable: tuple[str, ...] = ()
+        self._apply_thresholds()
         channels = 1 if self.spec.color == "grey" else 3
         self._input: FloatArray = np.empty(
             (1, self.spec.height, self.spec.width, channels), dtype=np.float32
         )
         self._softmax = manifest.decoding.apply_softmax
+        self._lut = pixel_lut(self.spec, runtime.inputs[0])
         self.tracker = EventTracker(config.events, clock)
         self.latency = LatencyWindow()
         self._inferences = 0
@@ -148,6 +137,45 @@ class ClassificationPipeline:
                 f"the manifest lists {len(self.labels)} labels; rebuild the bundle"
             )
 
+    def _apply_thresholds(self) -> None:
+        """Derive thresholds and reportable labels from ``self.config``. New arrays are
+        built and then swapped in, so the inference thread sees either the old set or
+        the new one, never a half-written mix (commands run on another thread)."""
+        thresholds = {label: self._threshold_for(label) for label in self.labels}
+        reportable = tuple(
+            label
+            for label in self.labels
+            if label not in self.manifest.decoding.background_labels
+            and label not in self.config.ignore_labels
+        )
+        self._threshold_array = np.array(
+            [thresholds[label] for label in self.labels], dtype=np.float32
+        )
+        self._reportable_mask = np.array(
+            [label in reportable for label in self.labels], dtype=bool
+        )
+        self.thresholds = thresholds
+        self.reportable = reportable
+
+    def reconfigure(self, config: ClassificationConfig) -> None:
+        """Apply a reloaded config's thresholds, ignored labels and debounce settings
+        without reloading the model (ConfigError, and nothing changed, for a label the
+        model lacks). The model, source and task need a restart."""
+        previous = self.config
+        self.config = config
+        try:
+            self._check_labels()
+        except ConfigError:
+            self.config = previous
+            raise
+        self._apply_thresholds()
+        self.tracker.config = config.events
+
+    def set_threshold(self, label: str, value: float) -> None:
+        """One label's threshold, until the next reload or restart."""
+        thresholds = {**self.config.thresholds, label: value}
+        self.reconfigure(self.config.model_copy(update={"thresholds": thresholds}))
+
     def _threshold_for(self, label: str) -> float:
         if label in self.config.thresholds:
             return self.config.thresholds[label]
@@ -157,20 +185,32 @@ class ClassificationPipeline:
 
     # -- per frame ------------------------------------------------------------------------
 
-    def preprocess(self, frame_bgr: UInt8Image) -> UInt8Image:
-        """Resize and colour-convert a frame; meant for the capture thread."""
-        return resize_frame(frame_bgr, self.spec)
+    def preprocess(self, frame_bgr: UInt8Image) -> AnyArray:
+        """Everything up to the model's own input tensor; meant for the capture thread.
+
+        For a quantized input that is resize plus one table lookup per pixel (see
+        ``pixel_lut``), so the inference thread only sets the tensor and invokes.
+        """
+        resized = resize_frame(frame_bgr, self.spec)
+        if self._lut is None:
+            return resized
+        return np.take(self._lut, resized)
 
     def infer(self, frame: Frame) -> PipelineResult:
-        """Run the model on a frame; uses ``frame.tensor`` when it fits this model."""
+        """Run the model on a frame; ``frame.tensor``, when set, must come from this
+        pipeline's ``preprocess`` (the daemon clears it for a source's other pipelines)."""
         start = time.perf_counter()
-        pixels = frame.tensor
-        if pixels is None or pixels.shape != self._input.shape[1:]:
+        tensor = frame.tensor
+        if tensor is None or tensor.shape != self._input.shape[1:]:
             # No preprocessing in the capture thread, or it was for another model
             # (a model swap with a different input size): do it here.
-            pixels = resize_frame(frame.image, self.spec)
-        normalise(pixels, self.spec, out=self._input[0])
-        scores = self.runtime.invoke([self._input])[0].reshape(-1)
+            tensor = self.preprocess(frame.image)
+        if self._lut is not None:
+            native = self.runtime.invoke_native([tensor[np.newaxis]])[0]
+            scores = dequantize(native, self.runtime.outputs[0]).reshape(-1)
+        else:
+            normalise(tensor, self.spec, out=self._input[0])
+            scores = self.runtime.invoke([self._input])[0].reshape(-1)
         if self._softmax:
             scores = _softmax(scores)
         top = int(np.argmax(scores))
@@ -225,3 +265,18 @@ def _softmax(logits: FloatArray) -> FloatArray:
     np.exp(shifted, out=shifted)
     shifted /= np.sum(shifted)
     return shifted
+
+
+def pixel_lut(spec: ImagePreprocessing, input_spec: TensorSpec) -> AnyArray | None:
+    """The quantized model input for each of the 256 pixel values, or None for a float
+    input.
+
+    normalise-then-quantize maps every pixel independently, so for an 8-bit image it
+    is a 256-entry table. The table is built by the shared ``normalise`` and the
+    runtime's ``quantize`` themselves, so the lookup gives exactly what the long way
+    gives, at a fraction of the per-frame cost.
+    """
+    if not input_spec.quantized:
+        return None
+    levels = np.arange(256, dtype=np.uint8)
+    return quantize(normalise(levels, spec), input_spec)
