@@ -10,13 +10,14 @@ TEST_PACKAGES := mosquitto:/usr/sbin/mosquitto mosquitto-clients:/usr/bin/mosqui
 	systemd:/usr/bin/systemd-analyze
 BENCH_PACKAGES := $(TEST_PACKAGES) dataset-fashion-mnist:/usr/share/doc/dataset-fashion-mnist
 
-.PHONY: demo test bench models lint test-deps bench-deps clean help
+.PHONY: demo test bench models lint test-deps bench-deps arm64-check clean help
 
 help:
 	@echo "make demo    the whole system on this machine (broker, daemon, bundled model, live view)"
 	@echo "make test    lint, type-check and run the test suite"
 	@echo "make bench   benchmarks (ratios measured side by side in one run)"
 	@echo "make models  rebuild the demo's bundled model and sample video"
+	@echo "make arm64-check  the device side on linux/arm64 under qemu (slow; not in make test)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +66,11 @@ bench: bench-deps $(VENV)/.dev-installed
 
 models: $(VENV)/.dev-installed
 	$(BIN)/python -m training.demo_assets deploy/demo
+
+# Not part of `make test`: it emulates a Debian arm64 root (cached in .arm64-root/) and
+# runs the device extra and the demo there. Tens of minutes the first time.
+arm64-check:
+	$(SUDO) deploy/arm64-check.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info
