@@ -68,9 +68,11 @@ models: $(VENV)/.dev-installed
 	$(BIN)/python -m training.demo_assets deploy/demo
 
 # Not part of `make test`: it emulates a Debian arm64 root (cached in .arm64-root/) and
-# runs the device extra and the demo there. Tens of minutes the first time.
+# runs the device extra and the demo there. About ten minutes the first time, one or two
+# after. `make arm64-check ARM64_CHECK_ARGS=--fresh` rebuilds the root.
+ARM64_CHECK_ARGS ?=
 arm64-check:
-	$(SUDO) deploy/arm64-check.sh
+	$(SUDO) deploy/arm64-check.sh $(ARM64_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -209,7 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the whole system on this machine")
     demo.add_argument("--port", type=int, default=1883, help="broker port (embedded if free)")
     demo.add_argument("--duration", type=float, default=None, help="stop after N seconds")
-    demo.add_argument("--no-watch", action="store_true", help="log events instead of the view")
+    demo.add_argument(
+        "--no-watch", action="store_true", help="events as JSON lines instead of the live view"
+    )
     demo.set_defaults(handler=_cmd_demo)
 
     bench = sub.add_parser("bench", help="raw invoke latency vs the daemon's per-frame path")

@@ -55,24 +55,21 @@ def run_demo(
     if duration_s is not None:
         threading.Timer(duration_s, stop.set).start()
     try:
-        if show_watch:
-            from device.watch import run_watch
+        from device.watch import run_watch
 
+        if show_watch:
             # The live view owns the terminal from here; only problems are logged.
             logging.getLogger().setLevel(logging.WARNING)
-
-            run_watch(
-                "127.0.0.1",
-                port,
-                prefix=config.mqtt.prefix,
-                device=config.device.id,
-                as_json=False,
-                config_for_tls=config.mqtt,
-                stop_event=stop,
-            )
-        else:
-            while not stop.wait(0.5):
-                pass
+        # Without the view, events go to stdout as JSON lines (logs stay on stderr).
+        run_watch(
+            "127.0.0.1",
+            port,
+            prefix=config.mqtt.prefix,
+            device=config.device.id,
+            as_json=not show_watch,
+            config_for_tls=config.mqtt,
+            stop_event=stop,
+        )
     except KeyboardInterrupt:
         pass
     finally:
