@@ -5,11 +5,15 @@ broker restarts for an upgrade), so nothing here blocks on the network or raises
 because of it: :meth:`MqttPublisher.start` returns at once and paho retries in its own
 thread with the configured backoff.
 
-Buffering while disconnected is paho's in-memory queue of QoS 1 messages, bounded by
-``max_queued`` (default 10,000) so a long outage cannot eat the Pi's memory; what does
-not fit is dropped and counted in :class:`PublisherStats`. The queue dies with the
-process: durable on-disk spooling of events is a later issue. QoS 0 stats published
-while disconnected are simply lost, which is what QoS 0 means.
+While disconnected, QoS 1 messages wait in this class's own in-memory backlog, bounded
+by ``max_queued`` (default 10,000) so a long outage cannot eat the Pi's memory; what
+does not fit is dropped and counted in :class:`PublisherStats`. They are handed to paho
+only once the broker has accepted the connection, never before: paho 2.x lets a
+``publish()`` from another thread slip onto a socket it has just opened, ahead of its
+own CONNECT, and a broker rightly drops such a connection (amqtt even leaves it hanging).
+The backlog dies with the process: durable on-disk spooling of events is a later
+issue. QoS 0 stats published while disconnected are simply lost, which is what QoS 0
+means.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +49,7 @@ class PublisherStats:
 
     connected: bool
     connects: int
-    #: Handed to paho (sent, or queued while disconnected).
+    #: Accepted: handed to paho, or kept for the broker while disconnected.
     published: int
     #: QoS 1 messages the broker acknowledged with success.
     acked: int
@@ -70,7 +75,7 @@ class MqttPublisher:
         self._topics = topics
         client_id = config.client_id or f"edgewatch-{topics.device}"
         self._client = make_client(client_id, config=config, role="publisher")
-        self._client.max_queued_messages_set(max_queued)
+        self._max_queued = max_queued
         # The broker publishes this if the device vanishes without a DISCONNECT.
         self._client.will_set(topics.availability, OFFLINE, qos=1, retain=True)
         self._client.on_connect = self._on_connect
@@ -83,6 +88,10 @@ class MqttPublisher:
 
         self._lock = threading.Condition()
         self._connected = threading.Event()
+        # Serialises hand-overs to paho with the flush in on_connect, so the backlog
+        # goes out first and in order. Never held while waiting on the network.
+        self._send_lock = threading.RLock()
+        self._backlog: deque[tuple[str, bytes, int, bool]] = deque()
         self._started = False
         self._stopping = False
         self._last_state: bytes | None = None
@@ -169,7 +178,36 @@ class MqttPublisher:
         self.publish_raw(self._topics.stats, stats.to_bytes(), qos=0)
 
     def publish_raw(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
-        """Hand one message to paho; False (and counted as dropped) if not accepted."""
+        """Send one message, or keep it for the next connection; False (and counted as
+        dropped) if it could not be accepted."""
+        with self._send_lock:
+            if not self._connected.is_set():
+                return self._keep(topic, payload, qos, retain)
+            return self._hand_to_paho(topic, payload, qos, retain)
+
+    def _keep(self, topic: str, payload: bytes, qos: int, retain: bool) -> bool:
+        full = self._max_queued > 0 and len(self._backlog) >= self._max_queued
+        if qos == 0 or full:
+            with self._lock:
+                self._dropped += 1
+                dropped = self._dropped
+            if dropped == 1 or dropped % 1000 == 0:
+                log.warning(
+                    "MQTT publish to %s dropped while disconnected (%s); %d dropped so far",
+                    topic,
+                    "QoS 0" if qos == 0 else f"backlog full at {self._max_queued}",
+                    dropped,
+                )
+            return False
+        self._backlog.append((topic, payload, qos, retain))
+        with self._lock:
+            self._published += 1
+        return True
+
+    def _hand_to_paho(
+        self, topic: str, payload: bytes, qos: int, retain: bool, kept: bool = False
+    ) -> bool:
+        """``kept``: a message from the backlog, already counted as published."""
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         accepted = info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS or (
             qos > 0 and info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN
@@ -179,7 +217,7 @@ class MqttPublisher:
                 self._dropped += 1
                 dropped = self._dropped
             else:
-                self._published += 1
+                self._published += 0 if kept else 1
                 dropped = 0
                 if info.mid in self._early:
                     self._count_ack(qos, self._early.pop(info.mid))
@@ -247,12 +285,18 @@ class MqttPublisher:
             state = self._last_state
             topics = list(self._subscriptions)
         log.info("MQTT publisher connected to %s:%d", self._config.host, self._config.port)
-        self.publish_raw(self._topics.availability, ONLINE.encode(), qos=1, retain=True)
-        if state is not None:
-            self.publish_raw(self._topics.state, state, qos=1, retain=True)
+        with self._send_lock:
+            self._hand_to_paho(self._topics.availability, ONLINE.encode(), qos=1, retain=True)
+            if state is not None:
+                self._hand_to_paho(self._topics.state, state, qos=1, retain=True)
+            kept = len(self._backlog)
+            while self._backlog:
+                self._hand_to_paho(*self._backlog.popleft(), kept=True)
+            self._connected.set()
+        if kept:
+            log.info("sent %d message(s) kept while the broker was away", kept)
         for topic in topics:
             client.subscribe(topic, qos=1)
-        self._connected.set()
 
     def _on_disconnect(
         self,
@@ -262,8 +306,9 @@ class MqttPublisher:
         reason: ReasonCode,
         properties: Any,
     ) -> None:
-        was_connected = self._connected.is_set()
-        self._connected.clear()
+        with self._send_lock:
+            was_connected = self._connected.is_set()
+            self._connected.clear()
         with self._lock:
             self._lock.notify_all()
         if was_connected and not self._stopping:
@@ -294,7 +339,8 @@ class MqttPublisher:
             self._lock.notify_all()
 
     def _pending_qos1(self) -> int:
-        return sum(1 for qos in self._unacked.values() if qos > 0)
+        """QoS 1 messages not yet acknowledged: with paho, or kept for the broker."""
+        return sum(1 for qos in self._unacked.values() if qos > 0) + len(self._backlog)
 
     def _count_ack(self, qos: int, ok: bool) -> None:
         if qos == 0:
