@@ -87,6 +87,7 @@ class Daemon:
         self.config_path = config_path
         self.topics = Topics(config.mqtt.prefix, config.device.id)
         self._stop = threading.Event()
+        self._stop_reason = ""
         self._started_at = time.time()
         self._realtime = realtime
         self.pipelines = self._load_pipelines()
@@ -200,6 +201,9 @@ class Daemon:
         next_stats = time.monotonic() + self.config.stats.interval_s
         try:
             while not self._stop.wait(poll_s):
+                if self._stop_reason:
+                    log.info("%s; stopping", self._stop_reason)
+                    break
                 self._notify_alive()
                 if not any(worker.is_alive() for worker in self._workers):
                     log.info("every source has ended; stopping")
@@ -214,6 +218,15 @@ class Daemon:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def request_stop(self, reason: str) -> None:
+        """Stop from a signal handler: only assigns an attribute and takes no lock.
+
+        Setting the stop Event from a handler can deadlock: the handler runs on the main
+        thread, which may at that instant hold the Event's own lock inside ``wait``.
+        The main loop notices the request within one poll (at most a second).
+        """
+        self._stop_reason = reason
 
     def _infer_loop(self, stream: CameraStream, users: Sequence[LoadedPipeline]) -> None:
         enabled = True
@@ -506,7 +519,7 @@ def run_daemon(
     SdNotifier().status("loading models")
     daemon = Daemon(config, config_path=config_path)
     if install_signals:
-        _install_stop_signals(daemon.stop)
+        _install_stop_signals(daemon.request_stop)
     log.info(
         "edgewatch %s: device %s, %d source(s), %d pipeline(s), broker %s:%d",
         __version__,
@@ -519,10 +532,10 @@ def run_daemon(
     return daemon.run()
 
 
-def _install_stop_signals(stop: Callable[[], None]) -> None:
+def _install_stop_signals(request_stop: Callable[[str], None]) -> None:
     def handler(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s; stopping", signal.Signals(signum).name)
-        stop()
+        # No logging or locking here (see Daemon.request_stop).
+        request_stop(f"received {signal.Signals(signum).name}")
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
