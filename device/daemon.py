@@ -54,7 +54,7 @@ from device.prometheus import PrometheusEndpoint
 from device.runtime import load_for_manifest
 from device.sdnotify import SdNotifier
 from device.seqstore import SeqStore
-from device.sources.camera import CameraStream
+from device.sources.camera import CameraStream, serial_opencv
 from device.thermal import read_temperature_c
 
 log = logging.getLogger(__name__)
@@ -176,6 +176,7 @@ class Daemon:
     # -- running ----------------------------------------------------------------------
 
     def run(self) -> int:
+        serial_opencv()
         if self.prometheus is not None:
             self.prometheus.start()  # first: a port in use stops us before going online
         self.publisher.start()

@@ -112,6 +112,19 @@ def open_capture(config: CameraSource) -> VideoCaptureLike:
     return capture
 
 
+def serial_opencv() -> int:
+    """Make OpenCV's own functions single-threaded; returns the previous thread count.
+
+    The daemon already overlaps work across threads (a capture thread per source, the
+    interpreter's threads). OpenCV's internal parallel resize would compete with them
+    for the same cores, so a frame's resize and the previous frame's inference would
+    run one after the other again instead of side by side.
+    """
+    previous = int(cv2.getNumThreads())
+    cv2.setNumThreads(1)
+    return previous
+
+
 @dataclass(frozen=True)
 class Frame:
     """One captured frame on its way to a pipeline."""
