@@ -20,9 +20,9 @@ import pytest
 
 from device.sdnotify import SdNotifier
 from tests.conftest import Broker, free_port
+from tests.test_daemon import write_config
 
 REPO = Path(__file__).resolve().parent.parent
-DEMO_BUNDLE = REPO / "deploy" / "demo" / "models" / "shapes.ewm"
 DEMO_VIDEO = REPO / "deploy" / "demo" / "samples" / "shapes.mp4"
 
 
@@ -121,31 +121,8 @@ def test_watchdog_interval_is_half_the_timeout(env: dict[str, str], expected: fl
 
 
 def _daemon_config(directory: Path, broker_port: int) -> Path:
-    path = directory / "device.toml"
-    path.write_text(
-        f"""
-[device]
-id = "notify-test"
-state_dir = "{directory / "state"}"
-
-[mqtt]
-host = "127.0.0.1"
-port = {broker_port}
-reconnect_min_s = 0.2
-reconnect_max_s = 1.0
-
-[sources.desk]
-file = "{DEMO_VIDEO}"
-loop = true
-fps = 10
-
-[pipelines.shapes]
-source = "desk"
-model = "{DEMO_BUNDLE}"
-""",
-        encoding="utf-8",
-    )
-    return path
+    """The daemon on the demo model and a looping copy of the demo video."""
+    return write_config(directory, broker_port, DEMO_VIDEO, loop=True, fps=10)
 
 
 def _start_daemon(config: Path, notify: NotifySocket, **env: str) -> subprocess.Popen[bytes]:
