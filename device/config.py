@@ -106,6 +106,44 @@ class PrometheusSection(_Section):
     bind: str = "127.0.0.1"
 
 
+class OutboxSection(_Section):
+    """The durable event spool (SQLite, WAL) between the pipelines and the broker.
+
+    Issue 6 (durable outbox) owns the fields; see docs/configuration.md.
+    """
+
+    enabled: bool = True
+
+
+class ModelsSection(_Section):
+    """The on-device model store, pushes over MQTT, hot swap and the health watch.
+
+    Issue 6 (model store) owns the fields; see docs/configuration.md.
+    """
+
+    #: Accept bundles on the push topics (the device's own and its groups').
+    accept_push: bool = True
+
+
+class ExamplesSection(_Section):
+    """Hard examples kept for retraining and pulled by `edgewatch collect`.
+
+    Issue 6 (retraining loop) owns the fields; see docs/configuration.md.
+    """
+
+    enabled: bool = True
+
+
+class SupervisionSection(_Section):
+    """Restarts of failed sources and hung pipelines."""
+
+    #: An inference running longer than this is declared hung and its pipeline restarted.
+    inference_deadline_s: float = Field(10.0, gt=0.0)
+    #: Backoff between restarts of a failing source or pipeline.
+    restart_min_s: float = Field(1.0, gt=0.0)
+    restart_max_s: float = Field(60.0, gt=0.0)
+
+
 class CameraSource(_Section):
     """An OpenCV capture: exactly one of device, file or url."""
 
@@ -181,6 +219,10 @@ class DeviceConfig(_Section):
     stats: StatsSection = Field(default_factory=StatsSection)
     homeassistant: HomeAssistantSection = Field(default_factory=HomeAssistantSection)
     prometheus: PrometheusSection = Field(default_factory=PrometheusSection)
+    outbox: OutboxSection = Field(default_factory=OutboxSection)
+    models: ModelsSection = Field(default_factory=ModelsSection)
+    examples: ExamplesSection = Field(default_factory=ExamplesSection)
+    supervision: SupervisionSection = Field(default_factory=SupervisionSection)
     sources: dict[Name, Source] = Field(default_factory=dict)
     pipelines: dict[Name, Pipeline] = Field(default_factory=dict)
 

@@ -134,6 +134,12 @@ class Stats(_Wire):
     cpu_percent: float
     memory_rss_mb: float
     publish_queue: int
+    #: Events in the durable outbox not yet acknowledged by the broker.
+    spool_depth: int = 0
+    #: Events the outbox discarded since start (full or too old; see [outbox]).
+    spool_dropped: int = 0
+    #: Age in seconds of the oldest spooled event; None when the spool is empty.
+    spool_oldest_age_s: float | None = None
     #: SoC temperature where the kernel exposes it (a Pi does), else absent/null.
     temperature_c: float | None = None
 

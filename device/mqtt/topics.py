@@ -49,8 +49,17 @@ class Topics:
         return f"{self.base}/models/push"
 
     @property
+    def models_push_progress(self) -> str:
+        """The device's answers to chunked pushes: what it has received so far."""
+        return f"{self.base}/models/push/progress"
+
+    @property
     def models_status(self) -> str:
         return f"{self.base}/models/status"
+
+    def examples(self, request_id: str) -> str:
+        """Hard examples sent in answer to one `collect` command."""
+        return f"{self.base}/examples/{request_id}"
 
     def group_models_push(self, group: str) -> str:
         return f"{self.prefix}/group/{group}/models/push"
