@@ -88,6 +88,15 @@ class PipelineState(_Wire):
     threads: int
 
 
+class DegradedPart(_Wire):
+    """A source or pipeline that failed and is being restarted (see device/supervision.py)."""
+
+    #: "source:<name>" or "pipeline:<name>".
+    part: str
+    detail: str
+    restarts: int
+
+
 class State(_Wire):
     """Retained on ``<prefix>/<device>/state``: what the device is and runs now."""
 
@@ -99,6 +108,8 @@ class State(_Wire):
     groups: tuple[str, ...] = ()
     sources: tuple[SourceState, ...]
     pipelines: tuple[PipelineState, ...]
+    #: Parts that failed and are being restarted; empty when everything runs.
+    degraded: tuple[DegradedPart, ...] = ()
 
 
 class SourceStats(_Wire):
