@@ -216,7 +216,10 @@ class CommandHandler:
             if item is None:
                 return
             name, payload = item
-            self._publish(self.handle(name, payload))
+            try:
+                self._publish(self.handle(name, payload))
+            except Exception:  # a bug here must not end command handling for good
+                log.exception("command %s could not be answered", name)
 
     def _publish(self, result: CommandResult) -> None:
         self._publisher.publish_raw(
@@ -226,17 +229,18 @@ class CommandHandler:
     def handle(self, name: str, payload: bytes) -> CommandResult:
         """Run one command; always returns a result, never raises."""
         self.handled += 1
+        # Size first: nothing larger is even parsed (a request id included).
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            return self._error(name, None, f"payload over {MAX_PAYLOAD_BYTES} bytes")
         request_id = _request_id(payload)
         model = COMMANDS.get(name)
         if model is None:
             return self._error(
                 name, request_id, f"unknown command {name!r}; known: {', '.join(COMMANDS)}"
             )
-        if len(payload) > MAX_PAYLOAD_BYTES:
-            return self._error(name, request_id, f"payload over {MAX_PAYLOAD_BYTES} bytes")
         try:
-            document = json.loads(payload.decode("utf-8")) if payload.strip() else {}
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            document = _parse_json(payload) if payload.strip() else {}
+        except ValueError as exc:
             return self._error(name, request_id, f"payload is not valid JSON: {exc}")
         if not isinstance(document, dict):
             return self._error(name, request_id, "payload must be a JSON object")
@@ -313,14 +317,29 @@ def _request_id(payload: bytes) -> str | None:
     """The request id of a payload that may be invalid otherwise, so even an error
     result can be matched to its request."""
     try:
-        document = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        document = _parse_json(payload)
+    except ValueError:
         return None
     if isinstance(document, dict):
         value = document.get("request_id")
         if isinstance(value, str) and len(value) <= 128:
             return value
     return None
+
+
+def _parse_json(payload: bytes) -> Any:
+    """Parse a command payload; every way it can be wrong becomes a ValueError.
+
+    Python's parser recurses once per nesting level, so ``[[[[...`` a few thousand deep
+    raises RecursionError rather than a decode error: that must not reach (and end) the
+    command worker.
+    """
+    try:
+        return json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(str(exc)) from exc
+    except RecursionError as exc:
+        raise ValueError("nested too deeply") from exc
 
 
 def unknown(kind: str, name: str, known: Sequence[str]) -> CommandError:
