@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -264,7 +264,7 @@ def label_folder(label: str) -> str:
 
 
 def csv_row(meta: ExampleMeta, file: Path) -> list[str]:
-    captured = datetime.fromtimestamp(meta.captured_at, UTC)
+    captured = datetime.fromtimestamp(meta.captured_at, timezone.utc)
     return [
         meta.id,
         file.as_posix(),

@@ -60,6 +60,7 @@ class ExampleService:
         self._topics = topics
         #: Pipelines per source, in config order: `keep` uses the first unless told.
         self._source_pipelines = {s: tuple(p) for s, p in source_pipelines.items()}
+        self._observe_failed = False
 
     def start(self) -> None:
         self.recorder.start()
@@ -78,8 +79,14 @@ class ExampleService:
         )
 
     def observe(self, pipeline: ObservedPipeline, model: ModelRef, image: UInt8Image) -> None:
-        """After each pipeline's ``process``, on its inference thread."""
-        self.recorder.observe(pipeline, model, image)
+        """After each pipeline's ``process``, on its inference thread. Never raises:
+        a fault in keeping examples must not stop a source's inference."""
+        try:
+            self.recorder.observe(pipeline, model, image)
+        except Exception:  # logged once; examples are optional, detections are not
+            if not self._observe_failed:
+                log.exception("keeping examples of %s failed; inference goes on", pipeline.name)
+            self._observe_failed = True
 
     def stats(self) -> ExamplesStats:
         return ExamplesStats(self.store.stats(), self.recorder.stats())
