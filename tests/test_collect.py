@@ -276,6 +276,19 @@ def test_collect_publishes_bounded_typed_messages(device: Running) -> None:
     assert forgot.ok and forgot.data == {"forgotten": 3, "unknown": 1, "stored": 0}
 
 
+def test_collect_leaves_out_an_example_damaged_on_the_device(device: Running) -> None:
+    damaged, whole = keep(device, 2)
+    meta = device.examples.store.get(damaged)
+    assert meta is not None
+    path = device.examples.store.root / meta.file_name
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x55  # a flipped bit on the SD card
+    path.write_bytes(bytes(data))
+    result = command(device, "collect", {})
+    assert result.ok and result.data["sent"] == 1 and result.data["damaged"] == 1
+    assert result.data["last_id"] == whole and result.data["stored"] == 1
+
+
 def test_malformed_example_commands_get_error_results(device: Running) -> None:
     keep(device, 1)
     too_many = json.dumps({"ids": [f"id{i}" for i in range(1001)]})
@@ -318,6 +331,24 @@ def test_collect_says_what_is_wrong_without_broker_or_device(
         collect_examples(ghost)
     with pytest.raises(CollectError, match="never connected"):
         collect_examples(ghost)
+
+
+def test_collect_stops_at_once_when_the_broker_goes_away(tmp_path: Path) -> None:
+    broker = start_mosquitto(tmp_path)
+    options = CollectOptions(
+        device="cam9", out=tmp_path / "out", port=broker.port, host=broker.host,
+        timeout_s=30.0, progress=False,
+    )  # fmt: skip
+    killer = threading.Timer(0.5, broker.process.kill)
+    killer.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(BrokerUnreachableError, match=r"connection to the broker .* was lost"):
+            collect_examples(options)
+    finally:
+        killer.join()
+        broker.process.wait(5)
+    assert time.monotonic() - started < 5.0  # not the 30 s timeout
 
 
 def test_the_daemon_keeps_low_confidence_frames_by_itself(video: Path, tmp_path: Path) -> None:

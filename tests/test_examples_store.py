@@ -29,7 +29,7 @@ from device.errors import EdgewatchError
 from device.examples.detector import HardExampleDetector
 from device.examples.meta import ExampleDraft, id_millis
 from device.examples.recorder import ExampleRecorder
-from device.examples.store import ExampleStore, ExampleStoreError
+from device.examples.store import ExampleDamagedError, ExampleStore, ExampleStoreError
 from device.mqtt.payloads import ModelRef
 from device.pipelines.classification import ClassificationPipeline, PipelineResult
 from device.runtime import load_for_manifest
@@ -156,7 +156,7 @@ def test_read_detects_data_damaged_after_writing(tmp_path: Path) -> None:
     damaged = bytearray(path.read_bytes())
     damaged[200] ^= 0xFF  # same size, different bytes
     path.write_bytes(bytes(damaged))
-    with pytest.raises(ExampleStoreError, match="damaged"):
+    with pytest.raises(ExampleDamagedError, match="damaged"):
         store.read(meta.id)
     assert store.examples() == [] and files_in(store.root) == []
     assert store.stats().corrupt_removed == 1

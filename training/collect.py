@@ -159,6 +159,8 @@ class _Session:
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
+        self.client.on_disconnect = self._on_disconnect
+        self._lost = False
 
     def open(self) -> None:
         address = f"{self.options.host}:{self.options.port}"
@@ -189,7 +191,20 @@ class _Session:
         info = self.client.publish(
             self.topics.command(command), json.dumps(document).encode("utf-8"), qos=1
         )
-        info.wait_for_publish(self.options.timeout_s)
+        try:
+            info.wait_for_publish(self.options.timeout_s)
+        except (RuntimeError, ValueError) as exc:
+            raise CollectError(
+                f"could not send `{command}`: {exc}; {self.broker_state()}"
+            ) from exc
+
+    def broker_state(self) -> str:
+        if self._lost:
+            return (
+                f"the connection to the broker {self.options.host}:{self.options.port} was "
+                "lost; run collect again (what was saved is skipped)"
+            )
+        return "the broker connection is up"
 
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
@@ -208,6 +223,13 @@ class _Session:
             ]
         )
         self._connected.set()
+
+    def _on_disconnect(self, *args: Any) -> None:
+        self._lost = True
+
+    @property
+    def lost(self) -> bool:
+        return self._lost
 
     def _on_subscribe(self, *args: Any) -> None:
         self._subscribed.set()
@@ -373,11 +395,19 @@ class _Collector:
     def _next(
         self, deadline: float, command: str, answer: _Answer | None, got: int
     ) -> _Incoming:
-        try:
-            return self.session.messages.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            pass
+        # Short waits, so a lost broker ends the run at once rather than at the timeout
+        # (what the device sends meanwhile is lost to this session).
+        while not self.session.lost:
+            try:
+                return self.session.messages.get(
+                    timeout=min(0.2, max(0.0, deadline - time.monotonic()))
+                )
+            except queue.Empty:
+                if time.monotonic() >= deadline:
+                    break
         device = self.options.device
+        if self.session.lost:
+            raise BrokerUnreachableError(self.session.broker_state())
         if answer is not None:
             raise CollectError(
                 f"device {device} announced {answer.sent} example(s) but only {got} arrived "

@@ -21,7 +21,12 @@ from device.config import DeviceConfig
 from device.errors import EdgewatchError
 from device.examples.meta import ExampleMeta
 from device.examples.recorder import ExampleRecorder, ObservedPipeline, RecorderStats
-from device.examples.store import ExampleStore, ExampleStoreError, StoreStats
+from device.examples.store import (
+    ExampleDamagedError,
+    ExampleStore,
+    ExampleStoreError,
+    StoreStats,
+)
 from device.examples.wire import MAX_COLLECT_BYTES, ExampleMessage
 from device.mqtt.payloads import ModelRef
 from device.mqtt.topics import Topics
@@ -145,9 +150,11 @@ class ExampleService:
                 break
             try:
                 data = self.store.read(meta.id)
-            except ExampleStoreError as exc:
+            except ExampleDamagedError:
                 damaged += 1
-                log.warning("collect skips an example: %s", exc)
+                continue
+            except ExampleStoreError as exc:  # evicted since the listing
+                log.info("collect skips an example: %s", exc)
                 continue
             chosen.append((meta, data))
             total += len(data)

@@ -49,7 +49,11 @@ _ID = re.compile(ID_PATTERN)
 
 
 class ExampleStoreError(EdgewatchError):
-    """An example cannot be stored or read (too large, damaged, disk full)."""
+    """An example cannot be stored or read (too large, gone, disk full)."""
+
+
+class ExampleDamagedError(ExampleStoreError):
+    """An example's data no longer matches its sidecar; it has been removed."""
 
 
 @dataclass(frozen=True)
@@ -275,13 +279,18 @@ class ExampleStore:
             data = (self.root / meta.file_name).read_bytes()
         except OSError as exc:
             data = b""
-            log.warning("example %s unreadable: %s", example_id, exc)
-        if len(data) != meta.bytes or hashlib.sha256(data).hexdigest() != meta.sha256:
-            self.remove([example_id])
-            with self._lock:
-                self._corrupt += 1
-            raise ExampleStoreError(f"example {example_id} was damaged on disk and is removed")
-        return data
+            log.debug("example %s unreadable: %s", example_id, exc)
+        if len(data) == meta.bytes and hashlib.sha256(data).hexdigest() == meta.sha256:
+            return data
+        with self._lock:
+            evicted_meanwhile = example_id not in self._entries
+        if evicted_meanwhile:
+            raise ExampleStoreError(f"example {example_id} was removed meanwhile")
+        self.remove([example_id])
+        with self._lock:
+            self._corrupt += 1
+        log.warning("example %s was damaged on disk; removed", example_id)
+        raise ExampleDamagedError(f"example {example_id} was damaged on disk and is removed")
 
     def stats(self) -> StoreStats:
         with self._lock:
