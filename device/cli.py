@@ -1,7 +1,7 @@
 """The `edgewatch` command: one console script for the device and the workstation.
 
-Device commands (run, check-config, watch, demo, bench, keys) need only the device
-extra. Workstation commands (train, convert, evaluate) import TensorFlow lazily, inside
+Device commands (run, check-config, watch, demo, bench, keys) and collect need only
+the device extra. Workstation commands (train, convert, evaluate) import TensorFlow lazily, inside
 their handlers, so that `edgewatch run` on a Pi never touches it and a missing train
 extra is reported in one line instead of a traceback.
 """
@@ -28,6 +28,12 @@ def _broker(value: str) -> tuple[str, int]:
     if not host or not port.isdigit():
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
     return host, int(port)
+
+
+def _positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value!r}")
+    return int(value)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -73,6 +79,38 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     run_watch(
         host, port, prefix=prefix, device=args.device, as_json=args.json, config_for_tls=mqtt
     )
+    return 0
+
+
+def _cmd_collect(args: argparse.Namespace) -> int:
+    """Exit 0 when examples were collected (or were all already in the folder), 1 when
+    the device had none, 2 on errors (no broker, silent device, refusal)."""
+    from device.config import load_config
+    from training.collect import CollectOptions, collect_examples
+
+    mqtt = load_config(args.config).mqtt if args.config else None
+    if args.broker is not None:
+        host, port = args.broker
+    elif mqtt is not None:
+        host, port = mqtt.host, mqtt.port
+    else:
+        host, port = "localhost", 1883
+    options = CollectOptions(
+        device=args.device,
+        out=args.out,
+        host=host,
+        port=port,
+        prefix=args.prefix or (mqtt.prefix if mqtt else "edgewatch"),
+        mqtt=mqtt,
+        max_items=args.max,
+        keep_on_device=args.keep_on_device,
+        timeout_s=args.timeout,
+    )
+    report = collect_examples(options)
+    if report.received == 0 and not report.unsupported and not report.damaged:
+        sys.stdout.write(f"device {args.device} has no examples to collect\n")
+        return 1
+    sys.stdout.write(report.render() + "\n")
     return 0
 
 
@@ -205,6 +243,33 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--prefix", help="topic prefix (default edgewatch)")
     watch.add_argument("--json", action="store_true", help="one JSON event per line")
     watch.set_defaults(handler=_cmd_watch)
+
+    collect = sub.add_parser(
+        "collect", help="pull a device's hard examples into a training folder"
+    )
+    collect.add_argument("--device", required=True, help="the device's id")
+    collect.add_argument(
+        "--out", type=Path, required=True, help="folder: OUT/<predicted label>/<id>.jpg"
+    )
+    collect.add_argument("--broker", type=_broker, help="HOST:PORT (default localhost:1883)")
+    collect.add_argument(
+        "--config", type=Path, help="take broker, TLS, credentials and prefix from a device config"
+    )
+    collect.add_argument("--prefix", help="topic prefix (default edgewatch)")
+    collect.add_argument("--max", type=_positive_int, help="collect at most N examples")
+    collect.add_argument(
+        "--keep-on-device",
+        action="store_true",
+        help="leave the examples on the device (default: it deletes what was saved)",
+    )
+    collect.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="give up when the device says nothing for S seconds (default 30)",
+    )
+    collect.set_defaults(handler=_cmd_collect)
 
     demo = sub.add_parser("demo", help="the whole system on this machine")
     demo.add_argument("--port", type=int, default=1883, help="broker port (embedded if free)")

@@ -16,6 +16,9 @@ traffic, so the callback only enqueues; one worker thread runs the commands in o
 | snapshot | {"source", "max_width"?, "quality"?} | JPEG of the latest frame, .../snapshot/<src> |
 | reload | {} | re-read the config file; applies what can change live |
 | state | {} | the device's state, thresholds and enabled sources |
+| keep | {"source", "note"?, "pipeline"?} | keep the source's latest frame as a hard example |
+| collect | {"request_id", "max_items"?, "after"?} | publish stored examples, .../examples/<id> |
+| forget | {"ids"} | delete stored examples (what `edgewatch collect` saved) |
 
 Every payload may carry ``request_id``, echoed in the result.
 """
@@ -29,13 +32,20 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from device.errors import EdgewatchError
+from device.examples.meta import ID_PATTERN, MAX_NOTE_CHARS
+from device.examples.wire import (
+    DEFAULT_COLLECT_ITEMS,
+    MAX_COLLECT_ITEMS,
+    MAX_FORGET_IDS,
+    REQUEST_ID_PATTERN,
+)
 from device.mqtt.payloads import CommandResult
 from device.mqtt.publisher import MqttPublisher
 from device.mqtt.topics import Topics
@@ -89,6 +99,28 @@ class StateCommand(_Command):
     pass
 
 
+ExampleId = Annotated[str, Field(pattern=ID_PATTERN)]
+
+
+class KeepCommand(_Command):
+    source: str
+    note: str | None = Field(None, max_length=MAX_NOTE_CHARS)
+    #: Which of the source's pipelines' predictions to record; by default its first.
+    pipeline: str | None = None
+
+
+class CollectCommand(_Command):
+    #: Required: it names the topic the examples are published on.
+    request_id: str = Field(pattern=REQUEST_ID_PATTERN)  # type: ignore[assignment]
+    max_items: int = Field(DEFAULT_COLLECT_ITEMS, ge=1, le=MAX_COLLECT_ITEMS)
+    #: Only examples stored after this id (the previous answer's ``last_id``).
+    after: ExampleId | None = None
+
+
+class ForgetCommand(_Command):
+    ids: list[ExampleId] = Field(max_length=MAX_FORGET_IDS)
+
+
 COMMANDS: dict[str, type[_Command]] = {
     "enable": SourceCommand,
     "disable": SourceCommand,
@@ -96,6 +128,9 @@ COMMANDS: dict[str, type[_Command]] = {
     "snapshot": SnapshotCommand,
     "reload": ReloadCommand,
     "state": StateCommand,
+    "keep": KeepCommand,
+    "collect": CollectCommand,
+    "forget": ForgetCommand,
 }
 
 
@@ -120,6 +155,16 @@ class CommandTarget(Protocol):
     def reload_config(self) -> ReloadReport: ...
 
     def report_state(self) -> dict[str, JsonValue]: ...
+
+    def keep_example(
+        self, source: str, note: str | None, pipeline: str | None
+    ) -> dict[str, JsonValue]: ...
+
+    def collect_examples(
+        self, request_id: str, max_items: int, after: str | None
+    ) -> dict[str, JsonValue]: ...
+
+    def forget_examples(self, ids: Sequence[str]) -> dict[str, JsonValue]: ...
 
 
 @dataclass(frozen=True)
@@ -277,6 +322,12 @@ class CommandHandler:
             return {"label": command.label, "threshold": command.threshold, "pipelines": pipelines}
         if isinstance(command, SnapshotCommand):
             return self._snapshot(command)
+        if isinstance(command, KeepCommand):
+            return target.keep_example(command.source, command.note, command.pipeline)
+        if isinstance(command, CollectCommand):
+            return target.collect_examples(command.request_id, command.max_items, command.after)
+        if isinstance(command, ForgetCommand):
+            return target.forget_examples(command.ids)
         if isinstance(command, ReloadCommand):
             report = target.reload_config()
             return {

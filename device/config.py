@@ -128,10 +128,29 @@ class ModelsSection(_Section):
 class ExamplesSection(_Section):
     """Hard examples kept for retraining and pulled by `edgewatch collect`.
 
-    Issue 6 (retraining loop) owns the fields; see docs/configuration.md.
+    Kept in ``<device.state_dir>/examples/``; see docs/configuration.md and
+    docs/retraining.md for what is kept and why.
     """
 
     enabled: bool = True
+    #: Bounds of the store; the oldest examples go first.
+    max_items: int = Field(500, ge=1, le=100_000)
+    max_mb: float = Field(50.0, gt=0.0)
+    #: One example's JPEG never exceeds this (quality, then size, are lowered to fit).
+    max_item_kb: int = Field(256, ge=16, le=4096)
+    #: Frames wider than this are scaled down before encoding.
+    max_width: int = Field(640, ge=16, le=4096)
+    jpeg_quality: int = Field(90, ge=10, le=95)
+    #: Keep a frame whose top label is reportable and scores within this much below its
+    #: threshold ("low-confidence"); 0 turns it off.
+    low_confidence_margin: float = Field(0.15, ge=0.0, le=1.0)
+    #: Keep a confident frame whose top label differs from the previous confident
+    #: frame's, when that one is at most this many seconds older ("disputed"); 0: off.
+    dispute_window_s: float = Field(2.0, ge=0.0)
+    #: At most one automatically kept example per pipeline this often (`keep` is exempt).
+    min_interval_s: float = Field(30.0, ge=0.0)
+    #: Examples waiting for JPEG encoding and the disk; when full, new ones are dropped.
+    queue_size: int = Field(4, ge=1, le=64)
 
 
 class SupervisionSection(_Section):

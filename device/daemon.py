@@ -34,6 +34,7 @@ from device.bundle.reader import read_bundle
 from device.bundle.signing import load_public_key
 from device.commands import CommandError, CommandHandler, ReloadReport, UInt8Image, unknown
 from device.config import DeviceConfig, load_config
+from device.examples.service import ExampleService, open_examples
 from device.homeassistant import Entity, HomeAssistantDiscovery, PipelineInfo, build_entities
 from device.mqtt.payloads import (
     Event,
@@ -95,6 +96,8 @@ class Daemon:
         self.seq = SeqStore(config.device.state_dir / "seq.json")
         self.streams = self._make_streams()
         self.publisher = publisher or MqttPublisher(config.mqtt, self.topics)
+        # Hard examples for retraining (None when [examples] enabled = false).
+        self.examples = open_examples(config, self.publisher, self.topics)
         self._workers: list[threading.Thread] = []
         self._event_counts = {p.name: 0 for p in self.pipelines}
         self._monitor = ProcessMonitor()
@@ -181,6 +184,8 @@ class Daemon:
             self.prometheus.start()  # first: a port in use stops us before going online
         self.publisher.start()
         self.commands.start()
+        if self.examples is not None:
+            self.examples.start()
         if self.discovery is not None:
             self.discovery.start(self.entities())
         for stream in self.streams.values():
@@ -255,6 +260,8 @@ class Daemon:
                     own = frame if index == 0 else dataclasses.replace(frame, tensor=None)
                     transitions = loaded.pipeline.process(own)
                     self._publish_transitions(loaded, transitions, frame.captured_at)
+                    if self.examples is not None:
+                        self.examples.observe(loaded.pipeline, loaded.model, frame.image)
         except Exception:
             log.exception("inference for source %s failed; the source is stopped", stream.name)
         finally:
@@ -410,7 +417,7 @@ class Daemon:
         old = self.config
         restart = [
             section
-            for section in ("device", "mqtt", "runtime", "homeassistant", "prometheus")
+            for section in ("device", "mqtt", "runtime", "homeassistant", "prometheus", "examples")
             if getattr(new, section) != getattr(old, section)
         ]
         restart += [f"sources.{n}" for n in sorted(set(new.sources) | set(old.sources))
@@ -463,6 +470,24 @@ class Daemon:
         document["thresholds"] = thresholds
         return document
 
+    def keep_example(
+        self, source: str, note: str | None, pipeline: str | None
+    ) -> dict[str, JsonValue]:
+        return self._example_service().keep(source, note, pipeline)
+
+    def collect_examples(
+        self, request_id: str, max_items: int, after: str | None
+    ) -> dict[str, JsonValue]:
+        return self._example_service().collect(request_id, max_items, after)
+
+    def forget_examples(self, ids: Sequence[str]) -> dict[str, JsonValue]:
+        return self._example_service().forget(ids)
+
+    def _example_service(self) -> ExampleService:
+        if self.examples is None:
+            raise CommandError("this device keeps no examples ([examples] enabled = false)")
+        return self.examples
+
     def entities(self) -> list[Entity]:
         """Home Assistant entities for what runs now."""
         infos = [
@@ -502,6 +527,8 @@ class Daemon:
         for worker in self._workers:
             worker.join(timeout=5.0)
         self.commands.stop()
+        if self.examples is not None:
+            self.examples.close()
         if self.prometheus is not None:
             self.prometheus.stop()
         try:
