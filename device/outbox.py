@@ -280,7 +280,7 @@ class Outbox:
             oldest: float | None = None
             if not self._closed:
                 now = self._clock()
-                self._expire_if_due(now)
+                self._expire_if_due(now, force=True)
                 self._flush_acks()
                 oldest = self._oldest_created_at()
                 if oldest is not None:
