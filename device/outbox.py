@@ -39,7 +39,8 @@ When the disk fails
 A write that fails (disk full, read-only file system, I/O error) never raises to the
 caller: the event is kept in a bounded in-memory queue (``memory_events``, same
 ``when_full`` policy) and written to the database, ahead of newer events, as soon as a
-write succeeds again. The sender reads those in-memory events too, so with the broker up
+write succeeds again (tried at most once every ``RETRY_WRITE_S``, since a retry rewrites
+them all). The sender reads those in-memory events too, so with the broker up
 and the disk full events still flow; only a process crash in that state loses them. A
 database that SQLite reports as corrupt (at open, by ``PRAGMA quick_check``, or later)
 is moved aside as ``outbox.sqlite.corrupt-<ms>`` and a fresh one started, with an error
@@ -75,6 +76,9 @@ ACK_DELAY_S = 0.5
 EXPIRE_EVERY_S = 1.0
 #: How often a database that could not be opened is tried again.
 REOPEN_EVERY_S = 30.0
+#: After a failed write, new events go straight to memory for this long (each retry
+#: rewrites every in-memory event, so retrying on every put would cost O(n) per event).
+RETRY_WRITE_S = 1.0
 DROP_LOG_EVERY_S = 30.0
 #: Ids per DELETE statement (well under SQLite's bound-parameter limit).
 DELETE_CHUNK = 500
@@ -172,6 +176,7 @@ class Outbox:
         self._last_expire = -float("inf")
         self._last_open_try = -float("inf")
         self._writable = True
+        self._write_failed_at = -float("inf")
         self._closed = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._lock:
@@ -203,7 +208,8 @@ class Outbox:
             self._next_id += 1
             self._expire_if_due(now)
             self._reopen_if_due()
-            outcome = self._write(message) if self._conn is not None else "failed"
+            retry = self._writable or time.monotonic() - self._write_failed_at >= RETRY_WRITE_S
+            outcome = self._write(message) if self._conn is not None and retry else "failed"
             if outcome == "failed" and self._conn is not None and self._writable:
                 outcome = self._write(message)  # a corrupt file was replaced: try the new one
             if outcome == "written":
@@ -261,13 +267,25 @@ class Outbox:
 
     def flush(self) -> None:
         """Delete acknowledged rows, write in-memory events, expire old ones: now."""
+        self._maintain(force=True)
+
+    def maintain(self) -> None:
+        """What :meth:`flush` does, but each part only when due: for an idle tick.
+
+        Acknowledged rows are deleted; in-memory events are written again at most every
+        ``RETRY_WRITE_S`` after a failure; expiry runs at most every ``EXPIRE_EVERY_S``.
+        """
+        self._maintain(force=False)
+
+    def _maintain(self, force: bool) -> None:
         with self._lock:
             if self._closed:
                 return
-            self._expire_if_due(self._clock(), force=True)
+            self._expire_if_due(self._clock(), force=force)
             self._reopen_if_due()
             self._flush_acks()
-            if self._memory and self._conn is not None:
+            due = force or time.monotonic() - self._write_failed_at >= RETRY_WRITE_S
+            if self._memory and self._conn is not None and due:
                 self._write(None)
 
     def depth(self) -> int:
@@ -638,6 +656,7 @@ class Outbox:
             self._set_aside(str(exc))
             self._open()
             return
+        self._write_failed_at = time.monotonic()
         if self._writable:
             log.error(
                 "cannot %s outbox %s (%s); events are kept in memory (at most %d) until it "

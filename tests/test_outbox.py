@@ -205,6 +205,7 @@ DISK_FULL_SCRIPT = textwrap.dedent(
     stats_during = outbox.stats()
     readable = [m.payload[:4].decode() for m in outbox.read(0, 1000)]
     resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)
+    outbox.flush()  # what the sender does when idle (puts retry at most once a second)
     after = outbox.put("t", b"c000")
     stats_after = outbox.stats()
     outbox.close()

@@ -367,7 +367,7 @@ class MqttPublisher:
                 if stop:
                     return
                 if idle:
-                    outbox.flush()
+                    outbox.maintain()
                 self._send_batch(outbox)
             except Exception:  # a bug here must not end event delivery for good
                 log.exception("the outbox sender failed; retrying in a second")
