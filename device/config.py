@@ -109,10 +109,29 @@ class PrometheusSection(_Section):
 class OutboxSection(_Section):
     """The durable event spool (SQLite, WAL) between the pipelines and the broker.
 
-    Issue 6 (durable outbox) owns the fields; see docs/configuration.md.
+    Every event is committed to ``<state_dir>/outbox.sqlite`` before it is published and
+    deleted when the broker acknowledges it (device/outbox.py says what survives what).
+    The bounds exist because a Pi's SD card is small and an outage can last days; what
+    happens when one is reached is a choice, not an accident, and every drop is counted
+    in stats (``spool_dropped``).
     """
 
     enabled: bool = True
+    #: Events kept at most; beyond it ``when_full`` decides which one goes.
+    max_events: int = Field(100_000, ge=1)
+    #: Topic and payload bytes kept at most (the file itself is somewhat larger).
+    max_mb: float = Field(64.0, gt=0)
+    #: Events older than this are discarded unsent (counted); 0 keeps them forever.
+    max_age_s: float = Field(7 * 24 * 3600.0, ge=0)
+    #: "drop-oldest": make room by discarding the oldest spooled event (recent events
+    #: matter most to a live view); "drop-newest": keep history, refuse the new event.
+    when_full: Literal["drop-oldest", "drop-newest"] = "drop-oldest"
+    #: SQLite's synchronous level: "normal" survives a crash of the process (SIGKILL,
+    #: OOM) but a power cut can take the last events; "full" fsyncs every event.
+    synchronous: Literal["normal", "full"] = "normal"
+    #: Events kept in memory while the database cannot be written (disk full, read-only,
+    #: I/O errors); they are written as soon as it can be. 0: drop them at once.
+    memory_events: int = Field(10_000, ge=0)
 
 
 class ModelsSection(_Section):

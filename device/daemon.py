@@ -48,6 +48,7 @@ from device.mqtt.payloads import (
 )
 from device.mqtt.publisher import MqttPublisher
 from device.mqtt.topics import Topics
+from device.outbox import OUTBOX_FILE, Outbox
 from device.pipelines.classification import ClassificationPipeline
 from device.pipelines.lifecycle import Transition
 from device.procstats import ProcessMonitor
@@ -95,7 +96,11 @@ class Daemon:
         config.device.state_dir.mkdir(parents=True, exist_ok=True)
         self.seq = SeqStore(config.device.state_dir / "seq.json")
         self.streams = self._make_streams()
-        self.publisher = publisher or MqttPublisher(config.mqtt, self.topics)
+        #: The durable event spool ([outbox]); the publisher owns and closes it.
+        self.outbox: Outbox | None = None
+        if publisher is None and config.outbox.enabled:
+            self.outbox = Outbox(config.device.state_dir / OUTBOX_FILE, config.outbox)
+        self.publisher = publisher or MqttPublisher(config.mqtt, self.topics, outbox=self.outbox)
         # Hard examples for retraining (None when [examples] enabled = false).
         self.examples = open_examples(config, self.publisher, self.topics)
         self._workers: list[threading.Thread] = []
@@ -360,6 +365,7 @@ class Daemon:
                     events=self._event_counts[loaded.name],
                 )
             )
+        publishing = self.publisher.stats
         return Stats(
             device=self.config.device.id,
             at=time.time(),
@@ -368,7 +374,10 @@ class Daemon:
             pipelines=tuple(pipelines),
             cpu_percent=process.cpu_percent,
             memory_rss_mb=process.rss_mb,
-            publish_queue=self.publisher.stats.pending,
+            publish_queue=publishing.pending,
+            spool_depth=publishing.spool_depth,
+            spool_dropped=publishing.spool_dropped,
+            spool_oldest_age_s=publishing.spool_oldest_age_s,
             temperature_c=read_temperature_c(self.config.stats.temperature_file),
         )
 
@@ -417,7 +426,9 @@ class Daemon:
         old = self.config
         restart = [
             section
-            for section in ("device", "mqtt", "runtime", "homeassistant", "prometheus", "examples")
+            for section in (
+                "device", "mqtt", "runtime", "homeassistant", "prometheus", "outbox", "examples"
+            )
             if getattr(new, section) != getattr(old, section)
         ]
         restart += [f"sources.{n}" for n in sorted(set(new.sources) | set(old.sources))
@@ -534,7 +545,9 @@ class Daemon:
         try:
             self.publisher.publish_stats(self.stats())
         finally:
-            self.publisher.stop()
+            self.publisher.stop()  # drains the outbox for a moment, then closes it
+            if self.outbox is not None:
+                self.outbox.close()
             self.seq.close()
         log.info("stopped")
 

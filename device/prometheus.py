@@ -47,7 +47,19 @@ class StatsCollector:
         memory.add_metric([device], stats.memory_rss_mb * 1024 * 1024)
         queue = gauge("edgewatch_publish_queue", "QoS 1 messages not yet acknowledged.")
         queue.add_metric([device], stats.publish_queue)
-        families: list[Any] = [uptime, cpu, memory, queue]
+        spool = gauge("edgewatch_spool_depth", "Events in the outbox not yet acknowledged.")
+        spool.add_metric([device], stats.spool_depth)
+        spool_dropped = counter(
+            "edgewatch_spool_dropped", "Events the outbox discarded (bounds, age, disk)."
+        )
+        spool_dropped.add_metric([device], stats.spool_dropped)
+        families: list[Any] = [uptime, cpu, memory, queue, spool, spool_dropped]
+        if stats.spool_oldest_age_s is not None:
+            spool_age = gauge(
+                "edgewatch_spool_oldest_age_seconds", "Age of the oldest spooled event."
+            )
+            spool_age.add_metric([device], stats.spool_oldest_age_s)
+            families.append(spool_age)
         if stats.temperature_c is not None:
             temperature = gauge("edgewatch_temperature_celsius", "SoC temperature.")
             temperature.add_metric([device], stats.temperature_c)

@@ -37,6 +37,9 @@ STATS = Stats(
     cpu_percent=55.5,
     memory_rss_mb=100.0,
     publish_queue=2,
+    spool_depth=17,
+    spool_dropped=5,
+    spool_oldest_age_s=12.5,
     temperature_c=51.2,
 )  # fmt: skip
 
@@ -71,6 +74,9 @@ def test_endpoint_serves_the_stats_figures() -> None:
     assert value("edgewatch_memory_rss_bytes") == 100.0 * 1024 * 1024
     assert value("edgewatch_publish_queue") == 2
     assert value("edgewatch_temperature_celsius") == 51.2
+    assert value("edgewatch_spool_depth") == 17
+    assert value("edgewatch_spool_dropped_total") == 5
+    assert value("edgewatch_spool_oldest_age_seconds") == 12.5
     assert value("edgewatch_source_fps", source="porch") == 4.8
     assert value("edgewatch_source_frames_total", source="porch") == 200
     assert value("edgewatch_source_dropped_frames_total", source="porch") == 3
@@ -90,10 +96,16 @@ def test_endpoint_serves_the_stats_figures() -> None:
     # Only our figures: no client-library process metrics under other names.
     assert all(name.startswith("edgewatch_") for name, _ in samples)
     # The port is free again once stopped.
-    endpoint = PrometheusEndpoint(lambda: STATS.model_copy(update={"temperature_c": None}), port)
+    endpoint = PrometheusEndpoint(
+        lambda: STATS.model_copy(update={"temperature_c": None, "spool_oldest_age_s": None}),
+        port,
+    )
     endpoint.start()
     try:
-        assert not any(name == "edgewatch_temperature_celsius" for name, _ in scrape(port))
+        names = {name for name, _ in scrape(port)}
+        assert "edgewatch_temperature_celsius" not in names
+        assert "edgewatch_spool_oldest_age_seconds" not in names  # an empty spool has no age
+        assert "edgewatch_spool_depth" in names
     finally:
         endpoint.stop()
 
@@ -128,6 +140,9 @@ def test_daemon_endpoint_matches_its_stats(mosquitto: Broker, tmp_path: Path) ->
             samples[("edgewatch_pipeline_inferences_total", key)] <= stats.pipelines[0].inferences
         )
         assert samples[("edgewatch_pipeline_inferences_total", key)] > 0
+        # The daemon spools events by default ([outbox] enabled): its figures are there.
+        assert ("edgewatch_spool_depth", (("device", "cam1"),)) in samples
+        assert samples[("edgewatch_spool_dropped_total", (("device", "cam1"),))] == 0
     finally:
         daemon.stop()
         runner.join(10)

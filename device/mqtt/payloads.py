@@ -53,7 +53,8 @@ class Event(_Wire):
     type: EventType
     #: Unix time (s) at which the frame/window that produced this event was captured.
     captured_at: float
-    #: Unix time (s) at which this message was handed to the MQTT client.
+    #: Unix time (s) at which the event was committed to the outbox (or handed to the MQTT
+    #: client when the outbox is off); an event sent after an outage keeps this time.
     published_at: float
     #: published_at - captured_at in milliseconds.
     latency_ms: float

@@ -11,9 +11,20 @@ does not fit is dropped and counted in :class:`PublisherStats`. They are handed 
 only once the broker has accepted the connection, never before: paho 2.x lets a
 ``publish()`` from another thread slip onto a socket it has just opened, ahead of its
 own CONNECT, and a broker rightly drops such a connection (amqtt even leaves it hanging).
-The backlog dies with the process: durable on-disk spooling of events is a later
-issue. QoS 0 stats published while disconnected are simply lost, which is what QoS 0
-means.
+The backlog dies with the process. QoS 0 stats published while disconnected are simply
+lost, which is what QoS 0 means.
+
+With an :class:`~device.outbox.Outbox` (the daemon's default), events take another
+path: ``publish_event`` only commits the event to the on-disk spool and wakes a sender
+thread, which hands spooled rows to paho in id order while connected, at most
+``window`` unacknowledged at a time, and deletes a row when the broker's PUBACK for it
+arrives. When the connection drops, the unacknowledged events are taken back out of
+paho (``drop_out_messages``) so that paho does not re-send them on its own; on the next
+connection the sender starts again from the oldest row still spooled. A message the
+broker received but could not acknowledge before the link died is therefore sent twice;
+subscribers drop such duplicates by ``seq`` (``SeqTracker`` in device/mqtt/subscriber.py
+does). State, stats, availability and command results are not spooled: they describe
+the present, and the retained ones are re-published on every connect anyway.
 """
 
 from __future__ import annotations
@@ -34,10 +45,19 @@ from device.config import MqttSection
 from device.mqtt.client_options import AttemptLog, make_client
 from device.mqtt.payloads import Event, State, Stats
 from device.mqtt.topics import OFFLINE, ONLINE, Topics
+from device.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_QUEUED = 10_000
+#: Spooled events handed to paho and not yet acknowledged, at most (bounds paho's memory;
+#: paho itself keeps 20 on the wire and queues the rest in order).
+DEFAULT_WINDOW = 1_000
+#: Rows read from the outbox per hand-over (the send lock is held meanwhile).
+SEND_BATCH = 200
+#: The sender's idle tick: acknowledged rows are deleted and old ones expired at least
+#: this often.
+SENDER_IDLE_S = 0.5
 
 #: Called with (topic, payload) for messages on a subscribed topic.
 MessageHandler = Callable[[str, bytes], None]
@@ -58,21 +78,37 @@ class PublisherStats:
     #: Not accepted: the offline queue was full, or QoS 0 while disconnected.
     dropped: int
     pending: int
+    #: Events in the outbox not yet acknowledged (0 without an outbox).
+    spool_depth: int = 0
+    #: Events the outbox discarded (bounds, age, disk failures; see [outbox]).
+    spool_dropped: int = 0
+    #: Age of the oldest spooled event; None when empty or without an outbox.
+    spool_oldest_age_s: float | None = None
 
 
 class MqttPublisher:
-    """Publishes one device's messages under ``topics``; safe to call from any thread."""
+    """Publishes one device's messages under ``topics``; safe to call from any thread.
+
+    With ``outbox``, events go through it (see the module docstring) and the publisher
+    owns it: :meth:`stop` closes it.
+    """
 
     def __init__(
         self,
         config: MqttSection,
         topics: Topics,
         *,
+        outbox: Outbox | None = None,
         max_queued: int = DEFAULT_MAX_QUEUED,
+        window: int = DEFAULT_WINDOW,
         log_every_s: float = 30.0,
     ) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
         self._config = config
         self._topics = topics
+        self._outbox = outbox
+        self._window = window
         client_id = config.client_id or f"edgewatch-{topics.device}"
         self._client = make_client(client_id, config=config, role="publisher")
         self._max_queued = max_queued
@@ -105,6 +141,16 @@ class MqttPublisher:
         self._acked = 0
         self._refused = 0
         self._dropped = 0
+        # The outbox's sender (all under _lock): mid -> row id of spooled events with
+        # paho on this connection, row ids acknowledged and not yet given back to the
+        # outbox, the highest row id handed over on this connection, and whether rows
+        # may be waiting beyond it.
+        self._sender: threading.Thread | None = None
+        self._sender_stop = False
+        self._inflight_rows: dict[int, int] = {}
+        self._acked_rows: list[int] = []
+        self._cursor = 0
+        self._more = True
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -113,6 +159,11 @@ class MqttPublisher:
         if self._started:
             return
         self._started = True
+        if self._outbox is not None:
+            self._sender = threading.Thread(
+                target=self._send_spooled, name="mqtt-outbox-sender", daemon=True
+            )
+            self._sender.start()
         self._client.connect_async(
             self._config.host, self._config.port, keepalive=self._config.keepalive_s
         )
@@ -136,14 +187,22 @@ class MqttPublisher:
 
         A clean shutdown sends DISCONNECT, so the broker does not publish the will;
         hence the explicit "offline". Messages still unacknowledged after ``timeout``
-        are lost (and logged).
+        are lost (and logged). With an outbox, spooled events get that time to drain
+        first; what is left stays in the outbox for the next start, which is closed.
         """
-        if not self._started or self._stopping:
+        if self._stopping:
+            return
+        if not self._started:
+            self._close_outbox()
             return
         self._stopping = True
+        deadline = time.monotonic() + timeout
+        if self._outbox is not None:
+            self._drain_outbox(deadline)
+            # "offline" and command results get a moment of their own after a long drain.
+            deadline = max(deadline, time.monotonic() + 1.0)
         if self.connected:
             self.publish_raw(self._topics.availability, OFFLINE.encode(), qos=1, retain=True)
-            deadline = time.monotonic() + timeout
             with self._lock:
                 while self._pending_qos1() and self.connected:
                     remaining = deadline - time.monotonic()
@@ -161,11 +220,48 @@ class MqttPublisher:
         self._client.disconnect()
         self._client.loop_stop()
         self._connected.clear()
+        self._close_outbox()
+
+    def _drain_outbox(self, deadline: float) -> None:
+        """Give the sender until ``deadline`` to empty the outbox, then stop it."""
+        outbox, sender = self._outbox, self._sender
+        if outbox is None or sender is None:
+            return
+        with self._lock:
+            while self.connected and (outbox.depth() or self._inflight_rows):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._lock.wait(min(remaining, 0.1))
+            self._sender_stop = True
+            self._lock.notify_all()
+        sender.join(timeout=5.0)
+
+    def _close_outbox(self) -> None:
+        if self._outbox is None:
+            return
+        with self._lock:
+            acked, self._acked_rows = self._acked_rows, []
+        self._outbox.ack(acked)
+        left = self._outbox.depth()
+        self._outbox.close()
+        if left:
+            log.info("%d event(s) stay in the outbox for the next start", left)
 
     # -- publishing ------------------------------------------------------------------
 
     def publish_event(self, event: Event) -> None:
-        self.publish_raw(self._topics.events(event.source), event.to_bytes(), qos=1)
+        """QoS 1; with an outbox, returns once the event is committed to it."""
+        topic, payload = self._topics.events(event.source), event.to_bytes()
+        if self._outbox is None:
+            self.publish_raw(topic, payload, qos=1)
+            return
+        row = self._outbox.put(topic, payload)
+        with self._lock:
+            if row is not None:
+                self._published += 1
+            self._more = True
+            self._lock.notify_all()
 
     def publish_state(self, state: State) -> None:
         """Retained; remembered so every reconnect restores it on the broker."""
@@ -234,6 +330,7 @@ class MqttPublisher:
 
     @property
     def stats(self) -> PublisherStats:
+        spool = self._outbox.stats() if self._outbox is not None else None
         with self._lock:
             return PublisherStats(
                 connected=self.connected,
@@ -243,7 +340,113 @@ class MqttPublisher:
                 refused=self._refused,
                 dropped=self._dropped,
                 pending=self._pending_qos1(),
+                spool_depth=spool.depth if spool else 0,
+                spool_dropped=spool.dropped if spool else 0,
+                spool_oldest_age_s=spool.oldest_age_s if spool else None,
             )
+
+    # -- the outbox's sender (its own thread) ----------------------------------------
+
+    def _send_spooled(self) -> None:
+        """Hand spooled rows to paho in id order while connected; give PUBACKed rows
+        back to the outbox for deletion. Runs until :meth:`stop`."""
+        outbox = self._outbox
+        assert outbox is not None
+        while True:
+            try:
+                with self._lock:
+                    idle = False
+                    while not (self._sender_stop or self._acked_rows or self._can_send()):
+                        if not self._lock.wait(SENDER_IDLE_S):
+                            idle = True
+                            break
+                    acked, self._acked_rows = self._acked_rows, []
+                    stop = self._sender_stop
+                if acked:
+                    outbox.ack(acked)
+                if stop:
+                    return
+                if idle:
+                    outbox.maintain()
+                self._send_batch(outbox)
+            except Exception:  # a bug here must not end event delivery for good
+                log.exception("the outbox sender failed; retrying in a second")
+                time.sleep(1.0)
+
+    def _can_send(self) -> bool:
+        """Under ``_lock``: connected, rows may wait, and the window has room."""
+        return (
+            self._more
+            and self._connected.is_set()
+            and len(self._inflight_rows) < self._window
+        )
+
+    def _send_batch(self, outbox: Outbox) -> None:
+        # The send lock keeps on_connect/on_disconnect (which reset the cursor) from
+        # running in the middle of a batch.
+        with self._send_lock:
+            with self._lock:
+                if not self._can_send():
+                    return
+                room = self._window - len(self._inflight_rows)
+                after = self._cursor
+                # Cleared before reading: a put after the read sets it again.
+                self._more = False
+            limit = min(room, SEND_BATCH)
+            rows = outbox.read(after, limit)
+            if len(rows) == limit:
+                with self._lock:
+                    self._more = True
+            for row in rows:
+                info = self._client.publish(row.topic, row.payload, qos=1)
+                if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                    log.warning(
+                        "MQTT client refused a spooled event (%s); retrying",
+                        mqtt.error_string(info.rc),
+                    )
+                    with self._lock:
+                        self._more = True
+                    break
+                # NO_CONN: paho keeps it; on_disconnect takes it back and the next
+                # connection re-sends it from the outbox.
+                with self._lock:
+                    self._cursor = row.id
+                    if info.mid in self._early:
+                        self._row_done(row.id, self._early.pop(info.mid))
+                    else:
+                        self._inflight_rows[info.mid] = row.id
+
+    def _row_done(self, row_id: int, ok: bool) -> None:
+        """Under ``_lock``: the broker answered for a spooled row. A refusal (ACL) is
+        final too: re-sending would only be refused again, forever."""
+        self._acked_rows.append(row_id)
+        if ok:
+            self._acked += 1
+        else:
+            self._refused += 1
+        self._lock.notify_all()
+
+    def _take_back_spooled(self) -> None:
+        """On disconnect: drop paho's unacknowledged messages, so that paho does not
+        re-send spooled events on its own (the outbox re-sends them, oldest first), and
+        keep the other QoS 1 messages for the next connection."""
+        returned = self._client.drop_out_messages()
+        with self._lock:
+            others = []
+            for message in returned:
+                if message.mid in self._inflight_rows:
+                    continue
+                if self._unacked.pop(message.mid, None) is None:
+                    continue
+                others.append(
+                    (message.topic, bytes(message.payload), message.qos, message.retain)
+                )
+            self._backlog.extendleft(reversed(others))
+            self._inflight_rows.clear()
+            self._early.clear()
+            self._cursor = 0
+            self._more = True
+            self._lock.notify_all()
 
     # -- subscriptions ---------------------------------------------------------------
 
@@ -295,6 +498,10 @@ class MqttPublisher:
             self._connected.set()
         if kept:
             log.info("sent %d message(s) kept while the broker was away", kept)
+        if self._outbox is not None:
+            with self._lock:
+                self._more = True
+                self._lock.notify_all()
         for topic in topics:
             client.subscribe(topic, qos=1)
 
@@ -309,6 +516,8 @@ class MqttPublisher:
         with self._send_lock:
             was_connected = self._connected.is_set()
             self._connected.clear()
+            if self._outbox is not None:
+                self._take_back_spooled()
         with self._lock:
             self._lock.notify_all()
         if was_connected and not self._stopping:
@@ -332,7 +541,9 @@ class MqttPublisher:
         if not ok:
             log.warning("broker refused an MQTT message (%s); check the broker's ACL", reason)
         with self._lock:
-            if mid in self._unacked:
+            if mid in self._inflight_rows:
+                self._row_done(self._inflight_rows.pop(mid), ok)
+            elif mid in self._unacked:
                 self._count_ack(self._unacked.pop(mid), ok)
             else:
                 self._early[mid] = ok
