@@ -11,7 +11,7 @@ import io
 import threading
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,12 +33,18 @@ SCRIPT = (
 )
 
 
-@pytest.fixture(scope="session")
-def scene_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """8 s of shapes at 20 fps, 128x128: long enough to push during, cheap to decode."""
-    path = tmp_path_factory.mktemp("scene") / "scene.mp4"
-    write_shapes_video(path, seed=5, size=(128, 128), fps=20, script=SCRIPT, duration_s=8.0)
-    return path
+_VIDEOS: dict[int, Path] = {}
+
+
+def scene_video(factory: pytest.TempPathFactory) -> Path:
+    """8 s of shapes at 20 fps, 128x128: long enough to push during, cheap to decode.
+    Written once per session (keyed by the session's temp factory)."""
+    key = id(factory)
+    if key not in _VIDEOS:
+        path = factory.mktemp("scene") / "scene.mp4"
+        write_shapes_video(path, seed=5, size=(128, 128), fps=20, script=SCRIPT, duration_s=8.0)
+        _VIDEOS[key] = path
+    return _VIDEOS[key]
 
 
 def variant(
@@ -86,7 +92,7 @@ def write_device_config(
     public_key: Path | None = None,
     loop: bool = True,
     fps: float = 20.0,
-    models: str = "",
+    models: dict[str, float] | None = None,
 ) -> Path:
     """A device config whose pipeline reports often: any non-background label at any
     score, updates every 0.2 s, so events flow steadily through a push."""
@@ -94,6 +100,14 @@ def write_device_config(
     path = directory / f"{device_id}.toml"
     key_line = f'public_key = "{public_key}"' if public_key else ""
     group_list = ", ".join(f'"{g}"' for g in groups)
+    model_keys = {
+        "progress_interval_s": 0.2,
+        "store_poll_s": 0.3,
+        "health_window_s": 1.0,
+        "health_min_inferences": 10,
+        **(models or {}),
+    }
+    models_section = "\n".join(f"{key} = {value}" for key, value in model_keys.items())
     path.write_text(
         f"""
 [device]
@@ -118,11 +132,7 @@ interval_s = 1
 enabled = false
 
 [models]
-progress_interval_s = 0.2
-store_poll_s = 0.3
-health_window_s = 1.0
-health_min_inferences = 10
-{models}
+{models_section}
 
 [sources.desk]
 file = "{video}"
@@ -155,23 +165,28 @@ class RunningDaemon:
         assert not self.thread.is_alive(), "daemon did not stop"
 
 
-@pytest.fixture
-def start_daemon() -> Iterator[Callable[[Path], RunningDaemon]]:
-    """Start daemons in-process (realtime: a paced camera-like file); all stopped after."""
-    running: list[RunningDaemon] = []
+class Daemons:
+    """Starts daemons in-process (realtime: a paced camera-like file); stops them all on
+    exit, whatever the test did."""
 
-    def start(config_path: Path) -> RunningDaemon:
+    def __init__(self) -> None:
+        self.running: list[RunningDaemon] = []
+
+    def __enter__(self) -> Daemons:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for entry in self.running:
+            if entry.thread.is_alive():
+                entry.stop()
+
+    def start(self, config_path: Path) -> RunningDaemon:
         daemon = Daemon(load_config(config_path), realtime=True, config_path=config_path)
         thread = threading.Thread(target=daemon.run, name="daemon-under-test")
         thread.start()
         entry = RunningDaemon(daemon, thread)
-        running.append(entry)
+        self.running.append(entry)
         return entry
-
-    yield start
-    for entry in running:
-        if entry.thread.is_alive():
-            entry.stop()
 
 
 def status_of(message: Message) -> ModelsStatus:

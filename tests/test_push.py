@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import zipfile
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,13 +24,13 @@ from device.bundle.reader import MANIFEST_NAME, read_bundle
 from device.cli import main
 from device.mqtt.payloads import Event
 from tests.conftest import Broker, free_port
-from tests.helpers_modelstore import (  # noqa: F401 (fixtures)
+from tests.helpers_modelstore import (
+    Daemons,
     RunningDaemon,
     assert_contiguous,
     events_in,
     progress_in,
     scene_video,
-    start_daemon,
     tampered,
     variant,
     wait_events,
@@ -50,6 +52,17 @@ from training.push import (
 FAST = PushOptions(chunk_bytes=4096, timeout_s=30.0, progress=False, discover_s=1.0)
 
 
+@pytest.fixture(scope="module")
+def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return scene_video(tmp_path_factory)
+
+
+@pytest.fixture
+def daemons() -> Iterator[Daemons]:
+    with Daemons() as running:
+        yield running
+
+
 def reporting_everything(src: Path, dst: Path, **updates: object) -> Path:
     """The model with no background label: every frame's top label is reportable, so an
     event is open at every instant (one spans any swap)."""
@@ -66,15 +79,15 @@ def started(probe: Probe) -> None:
 def test_push_swaps_between_frames_and_loses_none(
     mosquitto: Broker,
     int8_bundle: Path,
-    scene_video: Path,
-    start_daemon,  # noqa: F811
+    video: Path,
+    daemons: Daemons,
     tmp_path: Path,
 ) -> None:
     base = reporting_everything(int8_bundle, tmp_path / "base.ewm")
     newer = reporting_everything(int8_bundle, tmp_path / "v2.ewm", version="0.2.0")
-    config = write_device_config(tmp_path, mosquitto.port, scene_video, base, loop=False)
+    config = write_device_config(tmp_path, mosquitto.port, video, base, loop=False)
     probe = Probe(mosquitto.host, mosquitto.port, "edgewatch/cam1/#")
-    running: RunningDaemon = start_daemon(config)
+    running: RunningDaemon = daemons.start(config)
     started(probe)
 
     outcome = push_bundle(
@@ -116,7 +129,7 @@ def test_push_swaps_between_frames_and_loses_none(
     # The event open at the swap went on under the new model with the same event_id.
     assert any(len(v) == 2 for v in by_event.values())
     spanning = next(i for i, v in by_event.items() if len(v) == 2)
-    assert [e.type for e in events if e.event_id == spanning][0] == "start"
+    assert next(e.type for e in events if e.event_id == spanning) == "start"
     probe.close()
 
 
@@ -138,8 +151,8 @@ def _forged(signed: Path, dst: Path) -> Path:
 def test_bad_bundles_are_refused_with_reasons_while_events_flow(
     mosquitto: Broker,
     int8_bundle: Path,
-    scene_video: Path,
-    start_daemon,  # noqa: F811
+    video: Path,
+    daemons: Daemons,
     tmp_path: Path,
 ) -> None:
     private, public = generate_keys(tmp_path / "keys")
@@ -163,10 +176,10 @@ def test_bad_bundles_are_refused_with_reasons_while_events_flow(
                                 preprocessing=wide), "wrong input shape"),
     ]  # fmt: skip
     config = write_device_config(
-        tmp_path, mosquitto.port, scene_video, base, public_key=public, loop=True
+        tmp_path, mosquitto.port, video, base, public_key=public, loop=True
     )
     probe = Probe(mosquitto.host, mosquitto.port, "edgewatch/cam1/#")
-    running = start_daemon(config)
+    running = daemons.start(config)
     started(probe)
 
     marks = []
@@ -196,8 +209,8 @@ def test_bad_bundles_are_refused_with_reasons_while_events_flow(
     events: list[Event] = events_in(probe)
     assert_contiguous(events)
     # No silence longer than 1 s at any point (events come every 0.2 s).
-    assert all(b > a for a, b in zip(marks, marks[1:], strict=False))
-    gaps = [b.published_at - a.published_at for a, b in zip(events, events[1:], strict=False)]
+    assert all(b > a for a, b in itertools.pairwise(marks))
+    gaps = [b.published_at - a.published_at for a, b in itertools.pairwise(events)]
     assert max(gaps) < 1.0
     assert {e.model.version for e in events} == {"0.1.0"}
     probe.close()
@@ -206,15 +219,15 @@ def test_bad_bundles_are_refused_with_reasons_while_events_flow(
 def test_push_resumes_after_the_connection_is_cut(
     mosquitto: Broker,
     int8_bundle: Path,
-    scene_video: Path,
-    start_daemon,  # noqa: F811
+    video: Path,
+    daemons: Daemons,
     tmp_path: Path,
 ) -> None:
     base = reporting_everything(int8_bundle, tmp_path / "base.ewm")
     newer = reporting_everything(int8_bundle, tmp_path / "v2.ewm", version="0.2.0")
-    config = write_device_config(tmp_path, mosquitto.port, scene_video, base)
+    config = write_device_config(tmp_path, mosquitto.port, video, base)
     probe = Probe(mosquitto.host, mosquitto.port, "edgewatch/cam1/#")
-    start_daemon(config)
+    daemons.start(config)
     started(probe)
     options = PushOptions(chunk_bytes=1024, timeout_s=40.0, progress=False)
     data = newer.read_bytes()
@@ -222,14 +235,14 @@ def test_push_resumes_after_the_connection_is_cut(
     assert count >= 20
 
     # 1. The pusher dies a third of the way in (its process ends: connection closed).
-    class PusherDied(Exception):
+    class PusherDiedError(Exception):
         pass
 
     def die(pusher: BundlePusher, index: int) -> None:
         if index == count // 3:
-            raise PusherDied
+            raise PusherDiedError
 
-    with pytest.raises(PusherDied):
+    with pytest.raises(PusherDiedError):
         push_bundle(data, mosquitto.host, mosquitto.port, device="cam1", options=options,
                     on_chunk_sent=die)  # fmt: skip
 
@@ -261,15 +274,15 @@ def test_push_resumes_after_the_connection_is_cut(
 def test_group_push_reaches_every_member(
     mosquitto: Broker,
     int8_bundle: Path,
-    scene_video: Path,
-    start_daemon,  # noqa: F811
+    video: Path,
+    daemons: Daemons,
     tmp_path: Path,
 ) -> None:
     base = reporting_everything(int8_bundle, tmp_path / "base.ewm")
     newer = reporting_everything(int8_bundle, tmp_path / "v2.ewm", version="0.2.0")
     probe = Probe(mosquitto.host, mosquitto.port, "edgewatch/#")
     for device in ("cam1", "cam2"):
-        start_daemon(write_device_config(tmp_path, mosquitto.port, scene_video, base,
+        daemons.start(write_device_config(tmp_path, mosquitto.port, video, base,
                                          device_id=device, groups=("lobby",), fps=10))  # fmt: skip
     # A device of the group that is offline (retained state and last will) is skipped.
     ghost = '{"schema":1,"device":"ghost","software_version":"0","started_at":0,' \

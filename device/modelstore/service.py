@@ -472,7 +472,6 @@ class ModelService:
         self._previous_key[model] = self._serving_key.get(model)
         self._serving_key[model] = state.active
         self._seen_generation[model] = state.generation
-        self.store.mark_applied(model, state.generation)
         self._health[model] = "watching"
         tickets = []
         for old, new in zip(targets, built, strict=True):
@@ -483,6 +482,7 @@ class ModelService:
             )
             tickets.append(self.switcher.request(old.name, new, watch))
         self._wait(tickets)
+        self.store.mark_applied(model, state.generation)
         self._on_change()
         self.publish_status()
         return (time.perf_counter() - started) * 1000.0
