@@ -420,8 +420,10 @@ class ModelService:
             tested = time.perf_counter()
             state = self.store.install(name, data, bundle.manifest, origin, faults=origin == "push")
             stored = time.perf_counter()
-        except EdgewatchError as exc:
-            reason = str(exc)
+        except (EdgewatchError, OSError, RuntimeError, ValueError) as exc:
+            # OSError: the store cannot be written (disk full); RuntimeError/ValueError:
+            # the interpreter failed on the golden input. Refused, never a crash.
+            reason = str(exc) if isinstance(exc, EdgewatchError) else f"{type(exc).__name__}: {exc}"
             if name:
                 self._note_refused(name, version, reason)
             report = InstallReport(False, reason, name, version,
@@ -566,7 +568,7 @@ class ModelService:
                 build_pipeline(t.name, t.pipeline.config, bundle, self.config.runtime)
                 for t in targets
             ]
-        except (EdgewatchError, OSError) as exc:
+        except (EdgewatchError, OSError, RuntimeError, ValueError) as exc:
             serving = self._serving_key.get(model)
             log.warning("cannot apply %s %s: %s; keeping %s", model, record.key, exc, serving)
             if serving is not None:
