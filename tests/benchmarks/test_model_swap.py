@@ -44,7 +44,7 @@ def camera_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("swap-video") / "camera.mp4"
     script = tuple(
         Appearance(label, start, start + 2.5)
-        for label, start in zip(["circle", "square", "triangle"] * 3, range(1, 24, 3),
+        for label, start in zip(["circle", "square", "triangle"] * 3, range(1, 22, 3),
                                 strict=False)
     )  # fmt: skip
     write_shapes_video(path, seed=8, size=(640, 480), fps=FPS, script=script,
