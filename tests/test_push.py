@@ -292,8 +292,9 @@ def test_group_push_reaches_every_member(
     for device in ("cam1", "cam2"):
         assert probe.wait_for(lambda m, d=device: m.topic == f"edgewatch/{d}/models/status")
 
+    with_bar = PushOptions(chunk_bytes=4096, timeout_s=30.0, progress=True, discover_s=1.0)
     outcome = push_bundle(
-        newer.read_bytes(), mosquitto.host, mosquitto.port, group="lobby", options=FAST
+        newer.read_bytes(), mosquitto.host, mosquitto.port, group="lobby", options=with_bar
     )
     assert outcome.exit_code == EXIT_OK, outcome
     assert sorted(r.device for r in outcome.results) == ["cam1", "cam2"]
