@@ -7,6 +7,8 @@ Threads, and why:
   interpreter also releases the GIL, and one thread per interpreter keeps it
   thread-safe;
 - paho-mqtt's network thread;
+- the model service's thread (device/modelstore): pushes, installs and store changes; a
+  new model is loaded there and taken by the inference thread between two frames;
 - the main thread, which publishes state and stats and waits for a signal.
 
 Models are loaded and smoke-tested before anything starts, so a bad bundle stops the
