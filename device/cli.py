@@ -1,9 +1,10 @@
 """The `edgewatch` command: one console script for the device and the workstation.
 
-Device commands (run, check-config, watch, demo, bench, keys) and collect need only
-the device extra. Workstation commands (train, convert, evaluate) import TensorFlow lazily, inside
-their handlers, so that `edgewatch run` on a Pi never touches it and a missing train
-extra is reported in one line instead of a traceback.
+Device commands (run, check-config, watch, demo, bench, keys, models) and the clients
+push and collect need only the device extra. Workstation commands (train, convert,
+evaluate) import TensorFlow lazily, inside their handlers, so that `edgewatch run` on a
+Pi never touches it and a missing train extra is reported in one line instead of a
+traceback.
 """
 
 from __future__ import annotations
@@ -139,6 +140,43 @@ def _cmd_keys(args: argparse.Namespace) -> int:
         f"verification key: {public_path} (copy to devices; set runtime.public_key)\n"
     )
     return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from device.config import load_config
+    from device.modelstore.local import activate, open_store, render_list, rollback
+
+    config = load_config(args.config)
+    store = open_store(config)
+    if args.models_command == "list":
+        sys.stdout.write(render_list(store, as_json=args.json) + "\n")
+        return 0
+    if args.models_command == "activate":
+        result = activate(config, store, args.name, args.version, args.wait)
+    else:
+        result = rollback(store, args.name, args.wait)
+    sys.stdout.write(result.message + "\n")
+    return 0 if result.ok else 1
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from training.push import PushOptions, push_from_cli
+
+    options = PushOptions(
+        chunk_bytes=int(args.chunk_kib * 1024),
+        timeout_s=args.timeout,
+        discover_s=args.discover,
+        progress=not args.no_progress,
+    )
+    return push_from_cli(
+        args.bundle,
+        device=args.device,
+        group=args.group,
+        broker=args.broker,
+        config_path=args.config,
+        prefix=args.prefix,
+        options=options,
+    )
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -294,6 +332,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ha_remove.add_argument("--config", type=Path, required=True, help="device config (TOML)")
     ha_remove.set_defaults(handler=_cmd_ha_remove)
+
+    models = sub.add_parser("models", help="the device's model store (on the device)")
+    models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    models_list = models_sub.add_parser("list", help="versions, the active one, history")
+    models_list.add_argument("--json", action="store_true")
+    models_activate = models_sub.add_parser("activate", help="make a stored version active")
+    models_activate.add_argument("name", help="model name (manifest name)")
+    models_activate.add_argument("version", help="version, or VERSION-SHA12 when ambiguous")
+    models_rollback = models_sub.add_parser("rollback", help="go back to the previous version")
+    models_rollback.add_argument("name", help="model name (manifest name)")
+    for action in (models_list, models_activate, models_rollback):
+        action.add_argument("--config", type=Path, required=True, help="device config (TOML)")
+    for action in (models_activate, models_rollback):
+        action.add_argument(
+            "--wait", type=float, default=10.0, help="seconds to wait for a running daemon"
+        )
+    models.set_defaults(handler=_cmd_models)
+
+    push = sub.add_parser("push", help="send a bundle to a device or a group over MQTT")
+    push.add_argument("bundle", type=Path)
+    target = push.add_mutually_exclusive_group(required=True)
+    target.add_argument("--device", help="device id")
+    target.add_argument("--group", help="every device whose retained state lists this group")
+    push.add_argument("--broker", type=_broker, help="HOST:PORT (default: --config's, else "
+                      "localhost:1883)")  # fmt: skip
+    push.add_argument(
+        "--config", type=Path, help="take broker, TLS, credentials and prefix from a device config"
+    )
+    push.add_argument("--prefix", help="topic prefix (default edgewatch)")
+    push.add_argument("--timeout", type=float, default=120.0, help="seconds for the whole push")
+    push.add_argument("--chunk-kib", type=float, default=128.0, help="chunk size in KiB")
+    push.add_argument(
+        "--discover", type=float, default=2.0, help="seconds to collect a group's devices"
+    )
+    push.add_argument("--no-progress", action="store_true", help="no progress bar")
+    push.set_defaults(handler=_cmd_push)
 
     keys = sub.add_parser("keys", help="bundle signing keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")

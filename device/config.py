@@ -137,11 +137,34 @@ class OutboxSection(_Section):
 class ModelsSection(_Section):
     """The on-device model store, pushes over MQTT, hot swap and the health watch.
 
-    Issue 6 (model store) owns the fields; see docs/configuration.md.
+    See docs/models.md for what each step does and docs/configuration.md for the keys.
     """
 
     #: Accept bundles on the push topics (the device's own and its groups').
     accept_push: bool = True
+    #: Versions kept per model in the store (the active one and the latest previous ones).
+    keep_versions: int = Field(3, ge=1, le=100)
+    #: History entries kept per model (state.json and the models/status topic).
+    history: int = Field(20, ge=1, le=1000)
+    #: Pushes reassembled at the same time; more are refused until one finishes.
+    max_transfers: int = Field(2, ge=1, le=16)
+    #: A push without a new chunk for this long is deleted.
+    transfer_expire_s: float = Field(600.0, gt=0)
+    #: At most one progress message per push this often (repeats and completion always).
+    progress_interval_s: float = Field(0.5, ge=0.0)
+    #: How often a running daemon looks for `edgewatch models activate/rollback` changes.
+    store_poll_s: float = Field(1.0, gt=0.0, le=60.0)
+    #: Longest wait for the inference thread to take a swapped pipeline.
+    swap_timeout_s: float = Field(10.0, gt=0.0)
+    #: Health watch after a swap: how long, and at least how many inferences.
+    health_window_s: float = Field(30.0, ge=0.0)
+    health_min_inferences: int = Field(20, ge=1)
+    #: Unhealthy when the median inference time exceeds factor x the previous model's
+    #: median + slack.
+    health_latency_factor: float = Field(4.0, ge=1.0)
+    health_latency_slack_ms: float = Field(5.0, ge=0.0)
+    #: Inference errors tolerated during the watch (0: the first one rolls back).
+    health_max_errors: int = Field(0, ge=0)
 
 
 class ExamplesSection(_Section):

@@ -7,6 +7,8 @@ Threads, and why:
   interpreter also releases the GIL, and one thread per interpreter keeps it
   thread-safe;
 - paho-mqtt's network thread;
+- the model service's thread (device/modelstore): pushes, installs and store changes; a
+  new model is loaded there and taken by the inference thread between two frames;
 - the main thread, which publishes state and stats and waits for a signal.
 
 Models are loaded and smoke-tested before anything starts, so a bad bundle stops the
@@ -17,29 +19,27 @@ daemon runs meanwhile.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
 from pydantic import JsonValue
 
 from device import __version__
-from device.bundle.reader import read_bundle
-from device.bundle.signing import load_public_key
 from device.commands import CommandError, CommandHandler, ReloadReport, UInt8Image, unknown
 from device.config import DeviceConfig, load_config
 from device.examples.service import ExampleService, open_examples
 from device.homeassistant import Entity, HomeAssistantDiscovery, PipelineInfo, build_entities
+from device.modelstore.boot import boot_pipelines
+from device.modelstore.service import ModelService
+from device.modelstore.store import ModelStore
+from device.modelstore.switch import PipelineSwitcher
 from device.mqtt.payloads import (
     Event,
-    ModelRef,
-    PipelineState,
     PipelineStats,
     SourceState,
     SourceStats,
@@ -49,11 +49,10 @@ from device.mqtt.payloads import (
 from device.mqtt.publisher import MqttPublisher
 from device.mqtt.topics import Topics
 from device.outbox import OUTBOX_FILE, Outbox
-from device.pipelines.classification import ClassificationPipeline
 from device.pipelines.lifecycle import Transition
+from device.pipelines.loaded import LoadedPipeline
 from device.procstats import ProcessMonitor
 from device.prometheus import PrometheusEndpoint
-from device.runtime import load_for_manifest
 from device.sdnotify import SdNotifier
 from device.seqstore import SeqStore
 from device.sources.camera import CameraStream, serial_opencv
@@ -64,14 +63,7 @@ log = logging.getLogger(__name__)
 GET_TIMEOUT_S = 0.2
 STATE_POLL_S = 1.0
 
-
-@dataclass(frozen=True)
-class LoadedPipeline:
-    name: str
-    source: str
-    pipeline: ClassificationPipeline
-    model: ModelRef
-    state: PipelineState
+__all__ = ["Daemon", "LoadedPipeline", "run_daemon"]
 
 
 class Daemon:
@@ -92,8 +84,15 @@ class Daemon:
         self._stop_reason = ""
         self._started_at = time.time()
         self._realtime = realtime
-        self.pipelines = self._load_pipelines()
         config.device.state_dir.mkdir(parents=True, exist_ok=True)
+        self.store = ModelStore(
+            config.device.state_dir / "models",
+            keep_versions=config.models.keep_versions,
+            history_limit=config.models.history,
+        ).open()
+        self.pipelines = self._load_pipelines()
+        # Swaps models between two frames; shares (and updates) the list above.
+        self.switcher = PipelineSwitcher(self.pipelines)
         self.seq = SeqStore(config.device.state_dir / "seq.json")
         self.streams = self._make_streams()
         #: The durable event spool ([outbox]); the publisher owns and closes it.
@@ -103,6 +102,14 @@ class Daemon:
         self.publisher = publisher or MqttPublisher(config.mqtt, self.topics, outbox=self.outbox)
         # Hard examples for retraining (None when [examples] enabled = false).
         self.examples = open_examples(config, self.publisher, self.topics)
+        self.models = ModelService(
+            config,
+            self.topics,
+            self.publisher,
+            store=self.store,
+            switcher=self.switcher,
+            on_change=self._models_changed,
+        )
         self._workers: list[threading.Thread] = []
         self._event_counts = {p.name: 0 for p in self.pipelines}
         self._monitor = ProcessMonitor()
@@ -134,38 +141,9 @@ class Daemon:
     # -- start-up ---------------------------------------------------------------------
 
     def _load_pipelines(self) -> list[LoadedPipeline]:
-        runtime_cfg = self.config.runtime
-        key = load_public_key(runtime_cfg.public_key) if runtime_cfg.public_key else None
-        max_bytes = int(runtime_cfg.max_model_mb * 1024 * 1024)
-        loaded = []
-        for name, cfg in self.config.pipelines.items():
-            bundle = read_bundle(cfg.model, public_key=key, max_model_bytes=max_bytes)
-            bundle.require_task(cfg.task)
-            runtime = load_for_manifest(
-                bundle.manifest, bundle.model_bytes, runtime_cfg.threads, runtime_cfg.edgetpu
-            )
-            manifest = bundle.manifest
-            model = ModelRef(
-                name=manifest.name, version=manifest.version, sha256=manifest.model.sha256
-            )
-            loaded.append(
-                LoadedPipeline(
-                    name=name,
-                    source=cfg.source,
-                    pipeline=ClassificationPipeline(name, cfg, bundle, runtime),
-                    model=model,
-                    state=PipelineState(
-                        name=name,
-                        source=cfg.source,
-                        task=manifest.task,
-                        model=model,
-                        runtime=runtime.backend.name,
-                        edgetpu=runtime.on_edgetpu,
-                        threads=runtime_cfg.threads,
-                    ),
-                )
-            )
-        return loaded
+        """Each pipeline's model: the store's active version, else the config's file
+        (device/modelstore/boot.py)."""
+        return boot_pipelines(self.config, self.store)
 
     def _make_streams(self) -> dict[str, CameraStream]:
         streams = {}
@@ -177,7 +155,7 @@ class Daemon:
             # The first pipeline's resize runs in the capture thread; others (rare) resize
             # in the inference thread from the original frame.
             streams[name] = CameraStream(
-                name, source, preprocess=users[0].pipeline.preprocess, realtime=self._realtime
+                name, source, preprocess=self.switcher.preprocessor(name), realtime=self._realtime
             )
         return streams
 
@@ -189,6 +167,7 @@ class Daemon:
             self.prometheus.start()  # first: a port in use stops us before going online
         self.publisher.start()
         self.commands.start()
+        self.models.start()
         if self.examples is not None:
             self.examples.start()
         if self.discovery is not None:
@@ -196,7 +175,7 @@ class Daemon:
         for stream in self.streams.values():
             stream.start()
         for name, stream in self.streams.items():
-            users = [p for p in self.pipelines if p.source == name]
+            users = self.switcher.users(name)
             worker = threading.Thread(
                 target=self._infer_loop, args=(stream, users), name=f"infer-{name}", daemon=True
             )
@@ -239,10 +218,17 @@ class Daemon:
         """
         self._stop_reason = reason
 
-    def _infer_loop(self, stream: CameraStream, users: Sequence[LoadedPipeline]) -> None:
+    def _infer_loop(self, stream: CameraStream, users: Sequence[int]) -> None:
+        """``users``: indices of the source's pipelines in ``self.pipelines``, whose
+        entries the switcher replaces between two frames when a model is swapped."""
+        with self.switcher.serving(stream.name):
+            self._infer(stream, users)
+
+    def _infer(self, stream: CameraStream, users: Sequence[int]) -> None:
         enabled = True
         try:
             while not self._stop.is_set():
+                self.switcher.apply_pending(stream.name)
                 frame = stream.get(timeout=GET_TIMEOUT_S)
                 if frame is None:
                     if stream.finished:
@@ -254,16 +240,16 @@ class Daemon:
                 if enabled and not now_enabled:
                     # Disabled: end what is open (here, on the thread that owns the
                     # trackers) and infer nothing until enabled again.
-                    for loaded in users:
+                    for index in users:
+                        loaded = self.pipelines[index]
                         self._publish_transitions(loaded, loaded.pipeline.flush(), time.time())
                 enabled = now_enabled
                 if not enabled:
                     continue
-                for index, loaded in enumerate(users):
+                for position, index in enumerate(users):
                     # The capture thread prepared the tensor for the first pipeline
                     # only; the others start from the decoded image.
-                    own = frame if index == 0 else dataclasses.replace(frame, tensor=None)
-                    transitions = loaded.pipeline.process(own)
+                    loaded, transitions = self.switcher.process(index, frame, position == 0)
                     self._publish_transitions(loaded, transitions, frame.captured_at)
                     if self.examples is not None:
                         self.examples.observe(loaded.pipeline, loaded.model, frame.image)
@@ -271,7 +257,8 @@ class Daemon:
             log.exception("inference for source %s failed; the source is stopped", stream.name)
         finally:
             now = time.time()
-            for loaded in users:
+            for index in users:
+                loaded = self.pipelines[index]
                 self._publish_transitions(loaded, loaded.pipeline.flush(), now)
 
     def _publish_transitions(
@@ -354,12 +341,12 @@ class Daemon:
                 )
             )
         pipelines = []
-        for loaded in self.pipelines:
+        for index, loaded in enumerate(self.pipelines):
             latency = loaded.pipeline.latency.summary()
             pipelines.append(
                 PipelineStats(
                     name=loaded.name,
-                    inferences=latency.total,
+                    inferences=self.switcher.inferences(index),
                     inference_ms_p50=round(latency.p50_ms, 3),
                     inference_ms_p99=round(latency.p99_ms, 3),
                     events=self._event_counts[loaded.name],
@@ -510,6 +497,13 @@ class Daemon:
             self.config.device.id, self.topics, infos, with_temperature=temperature
         )
 
+    def _models_changed(self) -> None:
+        """A model was swapped or rolled back: the retained state and Home Assistant's
+        entities (reportable labels) follow."""
+        self._publish_state()
+        if self.discovery is not None:
+            self.discovery.update(self.entities())
+
     def _notify_alive(self) -> None:
         """Watchdog ping from the main loop (a hung loop gets the unit restarted) and
         the status line `systemctl status` shows, sent when it changes."""
@@ -538,6 +532,7 @@ class Daemon:
         for worker in self._workers:
             worker.join(timeout=5.0)
         self.commands.stop()
+        self.models.stop()
         if self.examples is not None:
             self.examples.close()
         if self.prometheus is not None:

@@ -56,6 +56,15 @@ class ModelMismatchError(BundleError):
     """The interpreter's tensors differ from what the manifest promises."""
 
 
+class BundleIncompatibleError(BundleError):
+    """The bundle is valid but cannot replace the model of the pipelines that run its
+    name: input shape, output count or labels do not fit their configuration."""
+
+
+class ModelStoreError(EdgewatchError):
+    """The on-device model store has no such model or version, or cannot be written."""
+
+
 class RuntimeUnavailableError(EdgewatchError):
     """No TFLite interpreter package (ai-edge-litert, tflite-runtime, tensorflow) imports."""
 

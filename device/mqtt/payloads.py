@@ -14,6 +14,7 @@ EVENT_SCHEMA = 1
 STATE_SCHEMA = 1
 STATS_SCHEMA = 1
 COMMAND_RESULT_SCHEMA = 1
+MODELS_STATUS_SCHEMA = 1
 
 EventType = Literal["start", "update", "end", "instant"]
 
@@ -29,6 +30,103 @@ class ModelRef(_Wire):
     name: str
     version: str
     sha256: str
+
+
+#: Where the bundle a model runs came from: the config file's ``model``, a push, or the
+#: store's `activate`/`rollback` (by command line or by the health watch).
+ModelOrigin = Literal["config", "push", "activate", "rollback"]
+PushState = Literal["receiving", "verifying", "installed", "refused", "expired"]
+HistoryAction = Literal["installed", "activated", "refused", "rolled-back"]
+
+
+class PushChunk(_Wire):
+    """The JSON header of one chunk of a pushed bundle (see docs/models.md, "Protocol").
+
+    A chunk on ``.../models/push`` is ``b"EWC1"``, the header's length as 4 bytes big
+    endian, this header as UTF-8 JSON, then the chunk's bytes.
+    """
+
+    #: The first 32 hex digits of the whole bundle's sha256.
+    transfer_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    index: int = Field(ge=0)
+    count: int = Field(ge=1)
+    #: Where the chunk's bytes go in the bundle.
+    offset: int = Field(ge=0)
+    #: The whole bundle's size in bytes.
+    size: int = Field(ge=1)
+    #: The whole bundle's sha256 (64 hex digits).
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class PushProgress(_Wire):
+    """The device's answer to a push, QoS 1 on ``.../models/push/progress``."""
+
+    device: str
+    transfer_id: str
+    sha256: str = ""
+    #: Chunks received so far, of ``count``.
+    received: int = 0
+    count: int = 0
+    #: The first few chunk indices still missing (at most 64), in order.
+    missing: tuple[int, ...] = ()
+    state: PushState
+    #: Why a chunk or the bundle was refused, or the transfer expired; "" otherwise.
+    reason: str = ""
+    at: float
+
+
+class ActiveModel(_Wire):
+    version: str
+    #: The model file's sha256, as events carry it in ``model.sha256``.
+    sha256: str
+    #: The whole bundle's sha256 (what a push's ``sha256`` is).
+    bundle_sha256: str
+    origin: ModelOrigin
+    #: Unix time since which this version is active.
+    since: float
+    #: "watching" during the health watch after a swap, "healthy" after it, "" when the
+    #: version has not been swapped in live by this daemon (boot).
+    health: Literal["", "watching", "healthy"] = ""
+
+
+class ModelHistoryEntry(_Wire):
+    at: float
+    action: HistoryAction
+    version: str
+    sha256: str = ""
+    origin: ModelOrigin | None = None
+    reason: str = ""
+
+
+class ModelStatusEntry(_Wire):
+    name: str
+    #: The pipelines that run this model.
+    pipelines: tuple[str, ...]
+    active: ActiveModel | None
+    #: Most recent last; bounded by ``models.history``.
+    history: tuple[ModelHistoryEntry, ...] = ()
+
+
+class LastPush(_Wire):
+    transfer_id: str
+    #: The whole bundle's sha256.
+    sha256: str
+    ok: bool
+    reason: str = ""
+    model: str = ""
+    version: str = ""
+    at: float
+
+
+class ModelsStatus(_Wire):
+    """Retained on ``<prefix>/<device>/models/status``: published at start and on every
+    change (push installed or refused, activate, rollback, health verdict)."""
+
+    schema_version: int = Field(MODELS_STATUS_SCHEMA, alias="schema")
+    device: str
+    at: float
+    models: tuple[ModelStatusEntry, ...]
+    last_push: LastPush | None = None
 
 
 class Box(_Wire):

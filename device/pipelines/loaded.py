@@ -1,0 +1,57 @@
+"""A pipeline ready to serve: the pipeline object and what the wire says about it.
+
+Built at boot and again for every hot swap (device/modelstore), always the same way:
+the bundle is loaded through the runtime, its tensors checked against its manifest and
+its golden pair run, before the pipeline object exists.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from device.bundle.reader import Bundle
+from device.config import ClassificationPipeline as PipelineConfig
+from device.config import RuntimeSection
+from device.mqtt.payloads import ModelRef, PipelineState
+from device.pipelines.classification import ClassificationPipeline
+from device.runtime import load_for_manifest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedPipeline:
+    name: str
+    source: str
+    pipeline: ClassificationPipeline
+    model: ModelRef
+    state: PipelineState
+
+
+def build_pipeline(
+    name: str, config: PipelineConfig, bundle: Bundle, runtime_cfg: RuntimeSection
+) -> LoadedPipeline:
+    """Load and smoke-test ``bundle`` for pipeline ``name``; raises BundleError subclasses
+    (task, tensors, smoke test) and ConfigError (labels the model lacks)."""
+    bundle.require_task(config.task)
+    runtime = load_for_manifest(
+        bundle.manifest, bundle.model_bytes, runtime_cfg.threads, runtime_cfg.edgetpu
+    )
+    manifest = bundle.manifest
+    model = ModelRef(name=manifest.name, version=manifest.version, sha256=manifest.model.sha256)
+    return LoadedPipeline(
+        name=name,
+        source=config.source,
+        pipeline=ClassificationPipeline(name, config, bundle, runtime),
+        model=model,
+        state=PipelineState(
+            name=name,
+            source=config.source,
+            task=manifest.task,
+            model=model,
+            runtime=runtime.backend.name,
+            edgetpu=runtime.on_edgetpu,
+            threads=runtime_cfg.threads,
+        ),
+    )
