@@ -32,13 +32,16 @@ from pydantic import JsonValue
 from device import __version__
 from device.commands import CommandError, CommandHandler, ReloadReport, UInt8Image, unknown
 from device.config import DeviceConfig, load_config
+from device.errors import EdgewatchError
 from device.examples.service import ExampleService, open_examples
 from device.homeassistant import Entity, HomeAssistantDiscovery, PipelineInfo, build_entities
+from device.inference_worker import InferenceWorker, pipeline_part, source_part
 from device.modelstore.boot import boot_pipelines
 from device.modelstore.service import ModelService
 from device.modelstore.store import ModelStore
-from device.modelstore.switch import PipelineSwitcher
+from device.modelstore.switch import PipelineSwitcher, SwapTicket
 from device.mqtt.payloads import (
+    DegradedPart,
     Event,
     PipelineStats,
     SourceState,
@@ -50,17 +53,17 @@ from device.mqtt.publisher import MqttPublisher
 from device.mqtt.topics import Topics
 from device.outbox import OUTBOX_FILE, Outbox
 from device.pipelines.lifecycle import Transition
-from device.pipelines.loaded import LoadedPipeline
+from device.pipelines.loaded import LoadedPipeline, build_pipeline
 from device.procstats import ProcessMonitor
 from device.prometheus import PrometheusEndpoint
 from device.sdnotify import SdNotifier
 from device.seqstore import SeqStore
-from device.sources.camera import CameraStream, serial_opencv
+from device.sources.camera import CameraStream, Frame, serial_opencv
+from device.supervision import Supervisor
 from device.thermal import read_temperature_c
 
 log = logging.getLogger(__name__)
 
-GET_TIMEOUT_S = 0.2
 STATE_POLL_S = 1.0
 
 __all__ = ["Daemon", "LoadedPipeline", "run_daemon"]
@@ -110,7 +113,14 @@ class Daemon:
             switcher=self.switcher,
             on_change=self._models_changed,
         )
-        self._workers: list[threading.Thread] = []
+        #: Restart schedule and health of sources and pipelines ([supervision]).
+        self.supervisor = Supervisor(
+            config.supervision.restart_min_s, config.supervision.restart_max_s
+        )
+        self.workers: dict[str, InferenceWorker] = {
+            name: InferenceWorker(name, tuple(self.switcher.users(name)), self)
+            for name in self.streams
+        }
         self._event_counts = {p.name: 0 for p in self.pipelines}
         self._monitor = ProcessMonitor()
         self._last_state: State | None = None
@@ -174,13 +184,8 @@ class Daemon:
             self.discovery.start(self.entities())
         for stream in self.streams.values():
             stream.start()
-        for name, stream in self.streams.items():
-            users = self.switcher.users(name)
-            worker = threading.Thread(
-                target=self._infer_loop, args=(stream, users), name=f"infer-{name}", daemon=True
-            )
+        for worker in self.workers.values():
             worker.start()
-            self._workers.append(worker)
         self._publish_state()
         # Ready once models are loaded and sources and publisher started; not when the
         # broker answers: a broker that is down at boot must not fail the unit's start.
@@ -195,7 +200,8 @@ class Daemon:
                     log.info("%s; stopping", self._stop_reason)
                     break
                 self._notify_alive()
-                if not any(worker.is_alive() for worker in self._workers):
+                self._supervise()
+                if all(worker.ended and not worker.alive for worker in self.workers.values()):
                     log.info("every source has ended; stopping")
                     break
                 self._publish_state_if_changed()
@@ -218,50 +224,98 @@ class Daemon:
         """
         self._stop_reason = reason
 
-    def _infer_loop(self, stream: CameraStream, users: Sequence[int]) -> None:
-        """``users``: indices of the source's pipelines in ``self.pipelines``, whose
-        entries the switcher replaces between two frames when a model is swapped."""
-        with self.switcher.serving(stream.name):
-            self._infer(stream, users)
+    # -- what the inference workers ask (device/inference_worker.py: WorkerHost) -------
 
-    def _infer(self, stream: CameraStream, users: Sequence[int]) -> None:
-        enabled = True
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def current_stream(self, source: str) -> CameraStream:
+        return self.streams[source]
+
+    def frame_arrived(self, source: str, frame: Frame) -> bool:
+        with self._lock:
+            self._latest_images[source] = frame.image
+            return source not in self._disabled
+
+    def inferred(self, loaded: LoadedPipeline, frame: Frame) -> None:
+        if self.examples is not None:
+            self.examples.observe(loaded.pipeline, loaded.model, frame.image)
+
+    # -- supervision ------------------------------------------------------------------
+
+    def _supervise(self) -> None:
+        """Restart what failed, each part on its own backoff (main loop, every poll)."""
+        if self._stop.is_set():
+            return
+        for name in list(self.streams):
+            self._supervise_source(name)
+        for worker in self.workers.values():
+            self._supervise_worker(worker)
+
+    def _supervise_source(self, name: str) -> None:
+        stream = self.streams[name]
+        if stream.status != "failed":
+            return
+        part = source_part(name)
+        self.supervisor.failed(part, stream.stats().detail or "the source failed")
+        if not self.supervisor.due(part):
+            return
+        fresh = CameraStream(
+            name,
+            self.config.sources[name],
+            preprocess=self.switcher.preprocessor(name),
+            realtime=self._realtime,
+        )
+        stream.stop()
+        fresh.start()
+        self.streams[name] = fresh
+        self.supervisor.restarted(part)
+
+    def _supervise_worker(self, worker: InferenceWorker) -> None:
+        deadline = self.config.supervision.inference_deadline_s
+        hung = worker.running
+        if hung is not None and worker.clock.running_for() > deadline:
+            part = pipeline_part(self.pipelines[hung].name)
+            self.supervisor.failed(part, f"an inference has not returned for {deadline:g} s")
+            if self.supervisor.due(part) and self._rebuild(hung, part, abandoned=True):
+                worker.start()  # a new thread; the stuck one is abandoned
+            return
+        if not worker.alive and not worker.ended:
+            part = source_part(worker.source)  # the loop itself raised
+            if self.supervisor.due(part):
+                worker.start()
+                self.supervisor.restarted(part)
+            return
+        for index, ticket in list(worker.down.items()):
+            part = pipeline_part(self.pipelines[index].name)
+            if ticket is None and self.supervisor.due(part):
+                replacement = self._rebuild(index, part, abandoned=False)
+                if replacement is not None:
+                    worker.down[index] = replacement
+
+    def _rebuild(self, index: int, part: str, *, abandoned: bool) -> SwapTicket | None:
+        """A fresh interpreter for the pipeline at ``index`` (same bundle and config),
+        switched in at once (``abandoned``) or by its inference thread at the next
+        frame; None (and a later retry) if it cannot be built."""
+        old = self.pipelines[index]
         try:
-            while not self._stop.is_set():
-                self.switcher.apply_pending(stream.name)
-                frame = stream.get(timeout=GET_TIMEOUT_S)
-                if frame is None:
-                    if stream.finished:
-                        break
-                    continue
-                with self._lock:
-                    self._latest_images[stream.name] = frame.image
-                    now_enabled = stream.name not in self._disabled
-                if enabled and not now_enabled:
-                    # Disabled: end what is open (here, on the thread that owns the
-                    # trackers) and infer nothing until enabled again.
-                    for index in users:
-                        loaded = self.pipelines[index]
-                        self._publish_transitions(loaded, loaded.pipeline.flush(), time.time())
-                enabled = now_enabled
-                if not enabled:
-                    continue
-                for position, index in enumerate(users):
-                    # The capture thread prepared the tensor for the first pipeline
-                    # only; the others start from the decoded image.
-                    loaded, transitions = self.switcher.process(index, frame, position == 0)
-                    self._publish_transitions(loaded, transitions, frame.captured_at)
-                    if self.examples is not None:
-                        self.examples.observe(loaded.pipeline, loaded.model, frame.image)
-        except Exception:
-            log.exception("inference for source %s failed; the source is stopped", stream.name)
-        finally:
-            now = time.time()
-            for index in users:
-                loaded = self.pipelines[index]
-                self._publish_transitions(loaded, loaded.pipeline.flush(), now)
+            fresh = build_pipeline(
+                old.name, old.pipeline.config, old.pipeline.bundle, self.config.runtime
+            )
+        except (EdgewatchError, OSError, RuntimeError, ValueError) as exc:
+            # It loaded at start; whatever changed (memory, a delegate), say it and retry.
+            self.supervisor.restarted(part)
+            self.supervisor.failed(part, f"rebuilding the pipeline failed: {exc}")
+            return None
+        self.supervisor.restarted(part)
+        if abandoned:
+            self.switcher.replace_abandoned(index, fresh)
+            ticket = SwapTicket(old.name)
+            ticket.done.set()
+            return ticket
+        return self.switcher.request(old.name, fresh)
 
-    def _publish_transitions(
+    def publish_transitions(
         self, loaded: LoadedPipeline, transitions: Sequence[Transition], captured_at: float
     ) -> None:
         """Publish a frame's transitions; ``captured_at`` is that frame's grab time (or
@@ -311,6 +365,10 @@ class Daemon:
             groups=self.config.device.groups,
             sources=tuple(sources),
             pipelines=tuple(p.state for p in self.pipelines),
+            degraded=tuple(
+                DegradedPart(part=h.part, detail=h.detail, restarts=h.restarts)
+                for h in self.supervisor.degraded()
+            ),
         )
 
     def _publish_state(self) -> None:
@@ -319,7 +377,8 @@ class Daemon:
 
     def _publish_state_if_changed(self) -> None:
         current = self.state()
-        if self._last_state is None or current.sources != self._last_state.sources:
+        last = self._last_state
+        if last is None or (current.sources, current.degraded) != (last.sources, last.degraded):
             self._last_state = current
             self.publisher.publish_state(current)
 
@@ -529,8 +588,8 @@ class Daemon:
         self._stop.set()
         for stream in self.streams.values():
             stream.stop()
-        for worker in self._workers:
-            worker.join(timeout=5.0)
+        for worker in self.workers.values():
+            worker.join(timeout_s=5.0)
         self.commands.stop()
         self.models.stop()
         if self.examples is not None:

@@ -59,6 +59,8 @@ class _Part:
     retry_at: float | None = None
     #: When the part last (re)started; a clean run past HEALTHY_AFTER_S resets the backoff.
     started_at: float = 0.0
+    #: The last failure's reason, kept in the detail after a restart.
+    reason: str = ""
 
 
 class Supervisor:
@@ -103,6 +105,7 @@ class Supervisor:
             delay = entry.backoff.next_delay()
             entry.status = "degraded"
             entry.retry_at = now + delay
+            entry.reason = reason
             entry.detail = f"{reason}; restarting in {delay:.1f} s"
         log.warning("%s failed: %s; restarting in %.1f s", part, reason, delay)
         return delay
@@ -124,7 +127,7 @@ class Supervisor:
             entry.retry_at = None
             entry.restarts += 1
             entry.started_at = self._clock.monotonic()
-            entry.detail = f"restarted ({entry.restarts} time(s)); watching"
+            entry.detail = f"{entry.reason}; restarted ({entry.restarts} time(s)), watching"
         log.info("%s restarted", part)
 
     def recovered(self, part: str) -> None:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from device.errors import ConfigError, ModelStoreError
 from device.modelstore.health import HealthWatch, Verdict
-from device.pipelines.lifecycle import Transition
+from device.pipelines.lifecycle import EventTracker, Transition
 from device.pipelines.loaded import LoadedPipeline
 from device.sources.camera import Frame, UInt8Image
 
@@ -118,7 +118,9 @@ class PipelineSwitcher:
         self.on_health: Callable[[HealthReport], None] = _log_report
         self._lock = threading.Lock()
         self._pending: dict[str, list[_Pending]] = {}
-        self._serving: set[str] = set()
+        #: Threads serving each source: two for a moment when the supervisor has
+        #: abandoned a hung one and started its successor.
+        self._serving: dict[str, int] = {}
         self._watched: dict[int, _Watched] = {}
         self._retensor: dict[str, int] = {}
         self._preprocessors: dict[str, SwitchablePreprocess] = {}
@@ -148,14 +150,18 @@ class PipelineSwitcher:
         """Held by the source's inference thread while it runs; outside it, switches
         are made at once by whoever requests them."""
         with self._lock:
-            self._serving.add(source)
+            self._serving[source] = self._serving.get(source, 0) + 1
         try:
             yield
         finally:
             with self._lock:
-                self._serving.discard(source)
-                for item in self._pending.pop(source, []):
-                    self._apply(item.index, item.new, item.watch, item.ticket)
+                left = self._serving.get(source, 1) - 1
+                if left > 0:
+                    self._serving[source] = left
+                else:
+                    self._serving.pop(source, None)
+                    for item in self._pending.pop(source, []):
+                        self._apply(item.index, item.new, item.watch, item.ticket)
 
     # -- the model service's side ---------------------------------------------------------
 
@@ -171,6 +177,25 @@ class PipelineSwitcher:
             else:
                 self._pending.setdefault(new.source, []).append(_Pending(index, new, watch, ticket))
         return ticket
+
+    def replace_abandoned(self, index: int, new: LoadedPipeline) -> None:
+        """Put ``new`` in place at once for a pipeline whose thread was abandoned (hung).
+
+        No live thread serves the source at that moment (the hung one is stuck, its
+        successor not started), so the switch is made here. The new pipeline takes over
+        the event tracker; the old one gets a detached tracker, so that if its stuck
+        call ever returns, what it does lands nowhere shared.
+        """
+        with self._lock:
+            old = self.pipelines[index]
+            new.pipeline.tracker = old.pipeline.tracker
+            old.pipeline.tracker = EventTracker(old.pipeline.config.events)
+            self.pipelines[index] = new
+            self._watched.pop(index, None)
+            wrapper = self._preprocessors.get(new.source)
+            if wrapper is not None and self.users(new.source)[0] == index:
+                wrapper.function = new.pipeline.preprocess
+        log.info("pipeline %s: replaced by a fresh %s", new.name, new.model)
 
     def roll_back_model(self, model: str) -> list[SwapTicket]:
         """Switch every pipeline still watching a version of ``model`` back to the
