@@ -140,10 +140,17 @@ class JournalSource:
         self._detail = ""
         self._stderr_tail: deque[str] = deque(maxlen=5)
         self._c = dict.fromkeys(
-            ("lines", "bad_entries", "oversized_entries", "empty_messages",
-             "invalid_utf8_lines", "truncated_lines", "restarts"),
+            (
+                "lines",
+                "bad_entries",
+                "oversized_entries",
+                "empty_messages",
+                "invalid_utf8_lines",
+                "truncated_lines",
+                "restarts",
+            ),
             0,
-        )  # fmt: skip
+        )
         if self._state is not None:
             saved = self._state.load(JournalState)
             if saved is not None and saved.cursor:
@@ -260,8 +267,12 @@ class JournalSource:
                 delay = backoff.next_delay()
                 with self._lock:
                     self._status = "restarting"
-                log.warning("log source %s: %s; starting journalctl again in %.1f s",
-                            self.name, self._detail, delay)  # fmt: skip
+                log.warning(
+                    "log source %s: %s; starting journalctl again in %.1f s",
+                    self.name,
+                    self._detail,
+                    delay,
+                )
                 self._stop.wait(delay)
         except Exception:
             log.exception("log source %s: the journal reader failed", self.name)
@@ -289,9 +300,11 @@ class JournalSource:
         self._proc = proc
         assert proc.stdout is not None and proc.stderr is not None
         errors = threading.Thread(
-            target=self._read_stderr, args=(proc.stderr,), name=f"journal-{self.name}-err",
+            target=self._read_stderr,
+            args=(proc.stderr,),
+            name=f"journal-{self.name}-err",
             daemon=True,
-        )  # fmt: skip
+        )
         errors.start()
         with self._lock:
             self._status = "running"
@@ -379,9 +392,15 @@ class JournalSource:
             self._c["truncated_lines"] += int(truncated)
             self._c["empty_messages"] += int(entry.get("MESSAGE") is None)
         return LogLine(
-            self.name, "journal", text, now, cursor=cursor, truncated=truncated,
-            invalid_utf8=invalid, meta=_journal_meta(entry),
-        )  # fmt: skip
+            self.name,
+            "journal",
+            text,
+            now,
+            cursor=cursor,
+            truncated=truncated,
+            invalid_utf8=invalid,
+            meta=_journal_meta(entry),
+        )
 
     def _read_stderr(self, stream: IO[bytes]) -> None:
         logged = 0
