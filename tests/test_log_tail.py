@@ -182,7 +182,7 @@ def test_glob_picks_up_a_new_file_from_its_first_line(tmp_path: Path) -> None:
 def test_rename_rotation_at_full_speed_sees_every_line_exactly_once(
     tmp_path: Path, pattern: str
 ) -> None:
-    """The writer renames its file every 150 ms and writes 500 more lines to the old file
+    """The writer renames its file every 80 ms and writes 500 more lines to the old file
     before it reopens (a program reacting to logrotate's signal). With the plain name the
     follower must finish each old file through its descriptor; with the glob it also
     matches the rotated names and must not read them again."""
@@ -190,7 +190,7 @@ def test_rename_rotation_at_full_speed_sees_every_line_exactly_once(
     log_file.touch()
     source = TailSource("app", [tmp_path / pattern], tmp_path / "state.json", FAST)
     source.start()
-    writer = start_writer(log_file, "rename", rotate_ms=150, lag=500, total=-1, rotations=6)
+    writer = start_writer(log_file, "rename", rotate_ms=80, lag=500, total=-1, rotations=6)
     while len(list(tmp_path.glob("app.log.*"))) < 6:
         time.sleep(0.02)
     time.sleep(0.1)
@@ -212,7 +212,9 @@ def test_copytruncate_at_full_speed_sees_every_surviving_line_exactly_once(
     """logrotate's copytruncate (copy to app.log.N, then truncate) every 60 ms while the
     writer appends at full speed. Lines written between the copy and the truncation exist
     nowhere any more (the inherent copytruncate window); every line that is still on disk
-    must be seen, and no line twice."""
+    must be seen, and no line twice. A copy can also end in the middle of a line (the
+    copy read the file while a write was half in the page cache): that fragment is all
+    that is left of the line, and it is handed out flagged partial."""
     log_file = tmp_path / "app.log"
     log_file.touch()
     options = TailOptions(poll_interval_s=0.01, rotate_wait_s=0.5, checkpoint_interval_s=0.05)
@@ -230,8 +232,12 @@ def test_copytruncate_at_full_speed_sees_every_surviving_line_exactly_once(
     writer.send_signal(signal.SIGTERM)
     written = int(writer.communicate(timeout=30)[0])
     on_disk: list[str] = []
+    fragments: set[str] = set()
     for path in [*copies, log_file]:
-        on_disk.extend(path.read_text().splitlines())
+        *complete, last = path.read_text().split("\n")
+        on_disk.extend(complete)
+        if last:
+            fragments.add(last)
     assert len(on_disk) == len(set(on_disk)), "a line is on disk twice"
     survivors = set(on_disk)
     seen = collect(
@@ -239,14 +245,19 @@ def test_copytruncate_at_full_speed_sees_every_surviving_line_exactly_once(
     )
     stats = source.stats()
     source.stop()
-    duplicates = {text: n for text, n in seen.items() if n > 1}
+    duplicates = {text: n for text, n in seen.items() if n > 1 and text not in fragments}
     assert not duplicates, f"{len(duplicates)} lines seen twice, e.g. {next(iter(duplicates))}"
     missing = survivors - set(seen)
     assert not missing, f"{len(missing)} lines on disk were never seen"
-    assert set(seen) <= expected_lines(written), "a line was read torn or from the middle"
+    torn = set(seen) - expected_lines(written)
+    assert torn <= fragments, f"lines read torn or from the middle: {sorted(torn)[:3]}"
+    assert stats.partial_lines == sum(seen[text] for text in torn)
     assert stats.truncations >= 6
-    lost = written - len(set(seen))
-    print(f"copytruncate: {written} written, {lost} lost in the copy/truncate windows")
+    lost = written - len(set(seen) - torn)
+    print(
+        f"copytruncate: {written} written, {lost} lost in the copy/truncate windows, "
+        f"{len(torn)} copies ended mid-line"
+    )
 
 
 # -- restarts -------------------------------------------------------------------------
