@@ -407,7 +407,8 @@ class FileFollower:
     def _scan(self, now: float) -> None:
         seen: set[tuple[int, int]] = set()
         for pattern in self.patterns:
-            paths = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+            magic = any(char in pattern for char in "*?[")
+            paths = sorted(glob.glob(pattern)) if magic else [pattern]
             for path in paths:
                 try:
                     info = os.stat(path)
