@@ -29,10 +29,18 @@ import json, os, sys, time
 journal = sys.argv[1]
 exit_after = 0
 after = None
+since = None
 lines_opt = "10"
 for arg in sys.argv[2:]:
     if arg.startswith("--fake-exit-after="):
         exit_after = int(arg.split("=", 1)[1])
+    elif arg.startswith("--fake-die-first="):
+        marker = arg.split("=", 1)[1]
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            sys.exit(1)
+    elif arg.startswith("--since=@"):
+        since = int(arg.split("@", 1)[1]) * 1_000_000
     elif arg.startswith("--after-cursor="):
         after = arg.split("=", 1)[1]
     elif arg.startswith("--lines="):
@@ -52,6 +60,14 @@ if after is not None:
         print("Failed to seek to cursor: Invalid argument", file=sys.stderr, flush=True)
         sys.exit(1)
     start = idx[0] + 1
+elif since is not None:
+    def realtime(raw):
+        try:
+            return int(json.loads(raw)["__REALTIME_TIMESTAMP"])
+        except (ValueError, KeyError, TypeError):
+            return 0
+    old = [i for i, raw in enumerate(existing) if realtime(raw) < since]
+    start = old[-1] + 1 if old else 0
 elif lines_opt == "all":
     start = 0
 else:
@@ -102,17 +118,19 @@ def write_journal(path: Path, numbers: range, mode: str = "a") -> None:
 
 
 def make_source(
-    tmp_path: Path, journal: Path, exit_after: int = 0, **options: object
+    tmp_path: Path, journal: Path, exit_after: int = 0, die_first: bool = False, **options: object
 ) -> JournalSource:
     script = tmp_path / "fake_journalctl.py"
     script.write_text(FAKE_JOURNALCTL)
-    extra = (f"--fake-exit-after={exit_after}",) if exit_after else ()
+    extra: tuple[str, ...] = (f"--fake-exit-after={exit_after}",) if exit_after else ()
+    if die_first:
+        extra += (f"--fake-die-first={tmp_path / 'died'}",)
+    settings: dict[str, object] = {
+        "restart_min_s": 0.05, "restart_max_s": 0.2, "checkpoint_interval_s": 0.05, **options,
+    }  # fmt: skip
     opts = JournalOptions(
         command=(sys.executable, str(script), str(journal), *extra, "-f", "-o", "json"),
-        restart_min_s=0.05,
-        restart_max_s=0.2,
-        checkpoint_interval_s=0.05,
-        **options,  # type: ignore[arg-type]
+        **settings,  # type: ignore[arg-type]
     )
     return JournalSource("journal", tmp_path / "journal-state.json", opts)
 
@@ -179,6 +197,30 @@ def test_start_at_end_skips_the_backlog(tmp_path: Path) -> None:
     lines = take(source, lambda got: len(got) >= 5)
     source.stop()
     assert numbers(lines) == list(range(10, 15))
+
+
+def test_journalctl_dying_before_its_first_entry_loses_nothing(tmp_path: Path) -> None:
+    """start_at = end, and the first journalctl exits at once: entries logged before the
+    second one starts are still new, so it continues from when the first one started."""
+    journal = tmp_path / "journal.jsonl"
+    write_journal(journal, range(10), "w")  # old entries (2023): skipped by start_at = end
+    source = make_source(
+        tmp_path, journal, die_first=True, start_at="end", restart_min_s=0.5, restart_max_s=1.0
+    )
+    source.start()
+    deadline = time.monotonic() + 10
+    while not (tmp_path / "died").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    now_us = int(time.time() * 1_000_000)
+    with open(journal, "a") as handle:  # logged while journalctl is down
+        handle.write("".join(
+            entry(n, __REALTIME_TIMESTAMP=str(now_us + n)) + "\n" for n in range(10, 15)
+        ))  # fmt: skip
+    lines = take(source, lambda got: len(got) >= 5)
+    stats = source.stats()
+    source.stop()
+    assert numbers(lines) == list(range(10, 15))
+    assert stats.restarts == 1
 
 
 def test_killed_journalctl_is_restarted_after_the_last_cursor(tmp_path: Path) -> None:
@@ -273,8 +315,12 @@ def test_missing_command_is_reported(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(shutil.which("journalctl") is None, reason="journalctl is not installed")
-@pytest.mark.parametrize("start_at", ["end", "beginning"])
-def test_real_journalctl_accepts_the_options(tmp_path: Path, start_at: str) -> None:
+@pytest.mark.parametrize(
+    ("start_at", "since"), [("end", None), ("beginning", None), ("end", 1_700_000_000.5)]
+)
+def test_real_journalctl_accepts_the_options(
+    tmp_path: Path, start_at: str, since: float | None
+) -> None:
     """The options the source appends are the real journalctl's (run without -f on an
     empty journal folder, so it exits at once)."""
     options = JournalOptions(
@@ -285,6 +331,6 @@ def test_real_journalctl_accepts_the_options(tmp_path: Path, start_at: str) -> N
     source = JournalSource("journal", None, options)
     source.open_check()
     result = subprocess.run(
-        source.command_line(None), capture_output=True, text=True, timeout=30, check=False
+        source.command_line(None, since), capture_output=True, text=True, timeout=30, check=False
     )
     assert result.returncode == 0, result.stderr

@@ -15,9 +15,11 @@ entries) or ``--lines=all`` (the whole journal).
 
 When journalctl exits (journald restarted, the process was killed) it is started again
 after an exponential backoff, continuing after the last entry *received*, so the lines
-waiting in the queue are not fetched twice. A saved cursor that journalctl rejects
-(``Failed to seek to cursor``: the journal was wiped, or the file was edited) is dropped
-with a warning and the source starts again by its ``start_at`` rule.
+waiting in the queue are not fetched twice (or, when none was received yet with
+``start_at = "end"``, from the second the first journalctl started). A saved cursor
+that journalctl rejects (``Failed to seek to cursor``: the journal was wiped, or the
+file was edited) is dropped with a warning and the source starts again by its
+``start_at`` rule.
 
 Bad input is counted, never fatal: a line that is not a JSON object with a cursor,
 an entry over ``max_entry_bytes`` (skipped without being held whole), a binary MESSAGE
@@ -134,6 +136,7 @@ class JournalSource:
         self._proc: subprocess.Popen[bytes] | None = None
         self._acked: str | None = None
         self._received: str | None = None
+        self._first_started: float | None = None
         self._dirty = False
         self._next_checkpoint = 0.0
         self._status: JournalStatus = "starting"
@@ -220,12 +223,15 @@ class JournalSource:
         proc = self._proc
         return proc.pid if proc is not None and proc.poll() is None else None
 
-    def command_line(self, cursor: str | None) -> list[str]:
-        """The command that continues after ``cursor`` (or starts by ``start_at``)."""
+    def command_line(self, cursor: str | None, since: float | None = None) -> list[str]:
+        """The command that continues after ``cursor``, else from ``since`` (Unix time),
+        else by ``start_at``."""
         args = [*self.options.command, *self.options.extra_args]
         if cursor:
             # --lines=all: with -f journalctl would otherwise stop at 10 entries of backlog.
             return [*args, f"--after-cursor={cursor}", "--lines=all"]
+        if since is not None and self.options.start_at == "end":
+            return [*args, f"--since=@{int(since)}", "--lines=all"]
         return [*args, "--lines=0" if self.options.start_at == "end" else "--lines=all"]
 
     def stats(self) -> JournalStats:
@@ -284,7 +290,11 @@ class JournalSource:
         """Run journalctl until it exits or the source stops; True when it gave entries."""
         with self._lock:
             cursor = self._received
-        command = self.command_line(cursor)
+        # A journalctl that ends before its first entry must not skip what was logged
+        # until it is started again: continue from when the first one started.
+        command = self.command_line(cursor, self._first_started)
+        if self._first_started is None:
+            self._first_started = time.time()
         self._stderr_tail.clear()
         try:
             proc = subprocess.Popen(
