@@ -85,6 +85,8 @@ class JournalOptions:
     fsync: bool = True
 
     def __post_init__(self) -> None:
+        if self.start_at not in ("beginning", "end"):
+            raise ValueError(f"start_at must be 'beginning' or 'end', got {self.start_at!r}")
         if not self.command:
             raise ValueError("the journal command must not be empty")
         if self.max_entry_bytes < 1 or self.max_message_chars < 1:

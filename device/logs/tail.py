@@ -117,6 +117,8 @@ class TailOptions:
     queue_chars: int = 4_000_000
 
     def __post_init__(self) -> None:
+        if self.start_at not in ("beginning", "end"):
+            raise ValueError(f"start_at must be 'beginning' or 'end', got {self.start_at!r}")
         if self.poll_interval_s <= 0 or self.rotate_wait_s < 0:
             raise ValueError("poll_interval_s must be > 0 and rotate_wait_s >= 0")
         if min(self.max_line_bytes, self.read_chunk_bytes, self.max_batch_lines) < 1:
