@@ -197,6 +197,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         blocks=args.blocks,
         patience=args.patience,
         warmup_epochs=args.warmup_epochs,
+        version=args.model_version or _timestamp_version(),
         **({"name": args.name} if args.name else {}),
     )
     result = train_image_classifier(args.data_dir, args.out, options)
@@ -205,6 +206,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"model folder: {result.out_dir}\n"
     )
     return 0
+
+
+def _timestamp_version() -> str:
+    """A version that orders by training time and fits the manifest's version pattern:
+    a retrained model must not carry the same version as the one it replaces."""
+    import datetime
+
+    return datetime.datetime.now(datetime.UTC).strftime("%Y%m%d.%H%M%S")
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -405,6 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--warmup-epochs", type=int, default=3, help="epochs before early stopping watches"
     )
     train.add_argument("--name", help="model name (default: the data folder's name)")
+    train.add_argument(
+        "--model-version",
+        help="model version (default: the UTC time, YYYYMMDD.HHMMSS, so each run differs)",
+    )
     train.set_defaults(handler=_cmd_train)
 
     convert = sub.add_parser("convert", help="Keras model folder → .ewm bundle")

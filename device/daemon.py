@@ -412,6 +412,7 @@ class Daemon:
                 )
             )
         publishing = self.publisher.stats
+        examples = self.examples.stats() if self.examples is not None else None
         return Stats(
             device=self.config.device.id,
             at=time.time(),
@@ -425,6 +426,10 @@ class Daemon:
             spool_dropped=publishing.spool_dropped,
             spool_oldest_age_s=publishing.spool_oldest_age_s,
             temperature_c=read_temperature_c(self.config.stats.temperature_file),
+            examples_stored=examples.store.count if examples else None,
+            examples_dropped=(
+                examples.recorder.dropped + examples.recorder.failed if examples else None
+            ),
         )
 
     # -- what commands act on (device/commands.py: CommandTarget) ---------------------
@@ -473,7 +478,8 @@ class Daemon:
         restart = [
             section
             for section in (
-                "device", "mqtt", "runtime", "homeassistant", "prometheus", "outbox", "examples"
+                "device", "mqtt", "runtime", "homeassistant", "prometheus", "outbox",
+                "examples", "models", "supervision",
             )
             if getattr(new, section) != getattr(old, section)
         ]

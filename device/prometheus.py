@@ -60,6 +60,12 @@ class StatsCollector:
             )
             spool_age.add_metric([device], stats.spool_oldest_age_s)
             families.append(spool_age)
+        if stats.examples_stored is not None and stats.examples_dropped is not None:
+            stored = gauge("edgewatch_examples_stored", "Hard examples waiting for collect.")
+            stored.add_metric([device], stats.examples_stored)
+            lost = counter("edgewatch_examples_dropped", "Hard examples chosen but not kept.")
+            lost.add_metric([device], stats.examples_dropped)
+            families += [stored, lost]
         if stats.temperature_c is not None:
             temperature = gauge("edgewatch_temperature_celsius", "SoC temperature.")
             temperature.add_metric([device], stats.temperature_c)

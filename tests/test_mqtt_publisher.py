@@ -68,6 +68,18 @@ def retained(broker_port: int, device: str, kind: str, timeout: float = 5.0) -> 
     raise AssertionError(f"no retained {kind} for {device} within {timeout}s")
 
 
+def _retained_other(broker_port: int, device: str, timeout: float = 3.0) -> list[Received]:
+    """Every retained message of kind "other" a fresh subscriber gets within ``timeout``."""
+    got = []
+    with EventSubscriber("127.0.0.1", broker_port, prefix=PREFIX, device=device) as sub:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            message = sub.get(timeout=0.2)
+            if message is not None and message.kind == "other":
+                got.append(message)
+    return got
+
+
 def test_online_and_state_retained_then_offline_after_stop(mosquitto: Broker) -> None:
     publisher = MqttPublisher(section(mosquitto.port), Topics(PREFIX, "pi-1"))
     publisher.start()
@@ -231,9 +243,11 @@ def test_subscriptions_and_online_come_back_after_a_broker_restart(tmp_path: Pat
     publisher = MqttPublisher(section(port), Topics(PREFIX, "pi-cmd"))
     got: list[bytes] = []
     publisher.subscribe(f"{PREFIX}/pi-cmd/cmd/#", lambda topic, payload: got.append(payload))
+    status_topic = f"{PREFIX}/pi-cmd/models/status"
     publisher.start()
     try:
         assert publisher.wait_connected(5)
+        publisher.publish_retained(status_topic, b'{"active": "v2"}')
         _stop(broker)
         deadline = time.monotonic() + 5
         while publisher.connected and time.monotonic() < deadline:
@@ -243,6 +257,9 @@ def test_subscriptions_and_online_come_back_after_a_broker_restart(tmp_path: Pat
         broker = _persistent_broker(tmp_path, port)
         assert publisher.wait_connected(10)
         assert retained(port, "pi-cmd", "availability").payload == "online"
+        # Retained messages other than state (models/status) are restored too.
+        status = [m for m in _retained_other(port, "pi-cmd") if m.topic == status_topic]
+        assert status and status[-1].payload == b'{"active": "v2"}'
         sender = make_client("ew-cmd-sender", config=None, role="test")
         sender.connect("127.0.0.1", port)
         sender.loop_start()

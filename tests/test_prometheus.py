@@ -40,6 +40,8 @@ STATS = Stats(
     spool_depth=17,
     spool_dropped=5,
     spool_oldest_age_s=12.5,
+    examples_stored=9,
+    examples_dropped=2,
     temperature_c=51.2,
 )  # fmt: skip
 
@@ -77,6 +79,8 @@ def test_endpoint_serves_the_stats_figures() -> None:
     assert value("edgewatch_spool_depth") == 17
     assert value("edgewatch_spool_dropped_total") == 5
     assert value("edgewatch_spool_oldest_age_seconds") == 12.5
+    assert value("edgewatch_examples_stored") == 9
+    assert value("edgewatch_examples_dropped_total") == 2
     assert value("edgewatch_source_fps", source="porch") == 4.8
     assert value("edgewatch_source_frames_total", source="porch") == 200
     assert value("edgewatch_source_dropped_frames_total", source="porch") == 3
@@ -97,7 +101,9 @@ def test_endpoint_serves_the_stats_figures() -> None:
     assert all(name.startswith("edgewatch_") for name, _ in samples)
     # The port is free again once stopped.
     endpoint = PrometheusEndpoint(
-        lambda: STATS.model_copy(update={"temperature_c": None, "spool_oldest_age_s": None}),
+        lambda: STATS.model_copy(
+            update={"temperature_c": None, "spool_oldest_age_s": None, "examples_stored": None}
+        ),
         port,
     )
     endpoint.start()
@@ -106,6 +112,7 @@ def test_endpoint_serves_the_stats_figures() -> None:
         assert "edgewatch_temperature_celsius" not in names
         assert "edgewatch_spool_oldest_age_seconds" not in names  # an empty spool has no age
         assert "edgewatch_spool_depth" in names
+        assert "edgewatch_examples_stored" not in names  # [examples] off
     finally:
         endpoint.stop()
 

@@ -620,8 +620,8 @@ class ModelService:
         )
 
     def publish_status(self) -> None:
-        self.publisher.publish_raw(
-            self.topics.models_status, self.status().to_bytes(), qos=1, retain=True
+        self.publisher.publish_retained(
+            self.topics.models_status, self.status().to_bytes()
         )
 
 

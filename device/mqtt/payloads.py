@@ -252,6 +252,10 @@ class Stats(_Wire):
     spool_oldest_age_s: float | None = None
     #: SoC temperature where the kernel exposes it (a Pi does), else absent/null.
     temperature_c: float | None = None
+    #: Hard examples stored for `edgewatch collect` (absent when [examples] is off).
+    examples_stored: int | None = None
+    #: Examples chosen but not kept since start (writer queue full, or write failed).
+    examples_dropped: int | None = None
 
 
 class CommandResult(_Wire):

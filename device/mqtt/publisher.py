@@ -130,7 +130,9 @@ class MqttPublisher:
         self._backlog: deque[tuple[str, bytes, int, bool]] = deque()
         self._started = False
         self._stopping = False
-        self._last_state: bytes | None = None
+        #: Retained messages restored on every (re)connect, latest payload per topic: a
+        #: broker restarted without persistence has forgotten them.
+        self._retained: dict[str, bytes] = {}
         self._subscriptions: dict[str, MessageHandler] = {}
         # mid -> qos for messages whose on_publish has not come yet, and mids whose
         # on_publish came before publish() returned (paho's thread can be that quick).
@@ -264,11 +266,13 @@ class MqttPublisher:
             self._lock.notify_all()
 
     def publish_state(self, state: State) -> None:
-        """Retained; remembered so every reconnect restores it on the broker."""
-        payload = state.to_bytes()
+        self.publish_retained(self._topics.state, state.to_bytes())
+
+    def publish_retained(self, topic: str, payload: bytes) -> None:
+        """QoS 1, retained, and remembered so every reconnect restores it on the broker."""
         with self._lock:
-            self._last_state = payload
-        self.publish_raw(self._topics.state, payload, qos=1, retain=True)
+            self._retained[topic] = payload
+        self.publish_raw(topic, payload, qos=1, retain=True)
 
     def publish_stats(self, stats: Stats) -> None:
         self.publish_raw(self._topics.stats, stats.to_bytes(), qos=0)
@@ -485,13 +489,13 @@ class MqttPublisher:
         self._attempts.succeeded()
         with self._lock:
             self._connects += 1
-            state = self._last_state
+            retained = list(self._retained.items())
             topics = list(self._subscriptions)
         log.info("MQTT publisher connected to %s:%d", self._config.host, self._config.port)
         with self._send_lock:
             self._hand_to_paho(self._topics.availability, ONLINE.encode(), qos=1, retain=True)
-            if state is not None:
-                self._hand_to_paho(self._topics.state, state, qos=1, retain=True)
+            for topic, payload in retained:
+                self._hand_to_paho(topic, payload, qos=1, retain=True)
             kept = len(self._backlog)
             while self._backlog:
                 self._hand_to_paho(*self._backlog.popleft(), kept=True)
