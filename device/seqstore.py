@@ -41,6 +41,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
+from device.durable import fsync_dir
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -211,7 +213,7 @@ class SeqStore:
                     os.fsync(handle.fileno())
             os.replace(tmp, self.path)
             if sync:
-                _fsync_dir(self.path.parent)
+                fsync_dir(self.path.parent)
                 self._unsynced = 0
                 self._last_sync = self._clock.monotonic()
         except OSError as exc:
@@ -255,17 +257,3 @@ def _parse(document: Any) -> tuple[dict[str, int], int, bool, str | None]:
     if boot_id is not None and not isinstance(boot_id, str):
         raise TypeError(f"bad boot id {boot_id!r}")
     return last, floor, clean, boot_id
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable; not possible on every platform (e.g. Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from device.durable import fsync_dir
 from device.errors import EdgewatchError
 from device.examples.meta import (
     EXTENSIONS,
@@ -207,7 +208,7 @@ class ExampleStore:
         try:
             _write_atomic(data_path, data)
             _write_atomic(sidecar_path, sidecar)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         except OSError as exc:
             _unlink(sidecar_path)
             _unlink(data_path)
@@ -316,20 +317,6 @@ def _write_atomic(path: Path, data: bytes) -> None:
     except OSError:
         _unlink(tmp)
         raise
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the renames durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _unlink(path: Path) -> int:

@@ -33,8 +33,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from device.bundle.manifest import Manifest
+from device.durable import TMP_MARK, atomic_write, fsync_dir, remove_leftovers
 from device.errors import ModelStoreError
-from device.modelstore.durable import TMP_MARK, atomic_write, fsync_dir, remove_leftovers
 from device.modelstore.faults import fault_point
 from device.mqtt.payloads import HistoryAction, ModelHistoryEntry, ModelOrigin
 

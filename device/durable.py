@@ -18,7 +18,13 @@ TMP_MARK = ".tmp-"
 
 
 def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    """Make a rename in ``directory`` survive a power cut. Where a folder cannot be opened
+    (not POSIX), there is nothing to sync and nothing is done; an fsync that fails is a
+    disk error and is raised."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
     try:
         os.fsync(fd)
     finally:
