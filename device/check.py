@@ -14,7 +14,7 @@ from pathlib import Path
 
 from device.bundle.reader import read_bundle
 from device.bundle.signing import load_public_key
-from device.config import DeviceConfig, load_config
+from device.config import CameraSource, DeviceConfig, load_config
 from device.errors import EdgewatchError
 from device.runtime import load_for_manifest
 
@@ -105,9 +105,13 @@ def _check_sources(config: DeviceConfig) -> list[CheckLine]:
     lines: list[CheckLine] = []
     for name, source in config.sources.items():
         try:
-            CameraStream(name, source).open_check()
+            if isinstance(source, CameraSource):
+                CameraStream(name, source).open_check()
+                detail = f"{source.describe()} opens"
+            else:
+                detail = source.check(name)
         except EdgewatchError as exc:
             lines.append(CheckLine(f"sources.{name}", False, str(exc)))
             continue
-        lines.append(CheckLine(f"sources.{name}", True, f"{source.describe()} opens"))
+        lines.append(CheckLine(f"sources.{name}", True, detail))
     return lines
