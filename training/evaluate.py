@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from device.bundle.manifest import ImagePreprocessing, Manifest
+from device.bundle.manifest import ClassificationDecoding, ImagePreprocessing, Manifest
 from device.bundle.reader import read_bundle
 from device.errors import BundleTaskError
 from device.preprocessing.image import normalise
@@ -124,12 +124,14 @@ def evaluate_bundle(
     assert y_true is not None
     predicted = np.empty(len(images.samples), dtype=np.int64)
     invoke_s = 0.0
+    decoding = manifest.decoding
+    softmax = isinstance(decoding, ClassificationDecoding) and decoding.apply_softmax
     for index, pixels in enumerate(images.samples.x):
         tensor = normalise(pixels, spec)[np.newaxis, ...]
         start = time.perf_counter()
         scores = runtime.invoke([tensor])[0]
         invoke_s += time.perf_counter() - start
-        if manifest.decoding.apply_softmax:
+        if softmax:
             scores = _softmax(scores)
         predicted[index] = int(np.argmax(scores.reshape(-1)))
     metrics = compute_metrics(y_true, predicted, manifest.labels)
