@@ -36,6 +36,7 @@ from device.bundle.manifest import (
     GoldenPair,
     Manifest,
     QuantMode,
+    SensorPreprocessing,
     Thresholds,
 )
 from device.bundle.reader import read_bundle
@@ -211,6 +212,13 @@ def convert_model(
     """Convert, measure, write and self-check one bundle; see the module docstring."""
     info = read_info(model_dir)
     spec = info.preprocessing
+    if isinstance(spec, SensorPreprocessing):
+        from converters.sensor_convert import convert_sensor_model
+
+        return convert_sensor_model(
+            model_dir, level, out, calibration_dir=calibration_dir, sign_key=sign_key,
+            threads=threads,
+        )  # fmt: skip
     signing_key = load_private_key(sign_key) if sign_key is not None else None
     representative = None
     calibration_name = ""

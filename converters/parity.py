@@ -144,12 +144,18 @@ def parity_report(
     same integer arithmetic, and a compiled model cannot run without the accelerator.
     """
     info = read_info(model_dir)
+    spec = info.preprocessing
+    if not isinstance(spec, ImagePreprocessing):
+        raise DatasetError(
+            f"{model_dir} holds a {info.task} model; its parity is measured by "
+            "`edgewatch convert --quant all`"
+        )
     model = load_keras_model(model_dir / MODEL_FILE)
-    heldout = reference_heldout(model, model_dir, info.preprocessing)
+    heldout = reference_heldout(model, model_dir, spec)
     representative = None
     if any(level in FULL_INTEGER_LEVELS for level in levels):
-        samples = calibration_samples(model_dir, info.preprocessing, calibration_dir)
-        representative = representative_inputs(samples, info.preprocessing)
+        samples = calibration_samples(model_dir, spec, calibration_dir)
+        representative = representative_inputs(samples, spec)
     rows: list[LevelParity] = []
     for level in tqdm(levels, desc="levels", unit="level", disable=None):
         model_bytes = to_tflite(model, level, representative)
