@@ -140,8 +140,10 @@ def split_csv_line(text: str, delimiter: str) -> list[str]:
 
 
 def looks_like_header(fields: list[str], options: CsvOptions) -> bool:
-    """No field reads as a number or (in the timestamp position) a time."""
-    if not fields or not any(field.strip() for field in fields):
+    """At least a timestamp and a value field (or one value without timestamps), none of
+    which reads as a number or (in the timestamp position) a time."""
+    needed = 1 if options.timestamp_column is None else 2
+    if len(fields) < needed or not any(field.strip() for field in fields):
         return False
     for index, field in enumerate(fields):
         if index == options.timestamp_column and parse_timestamp(field) is not None:
@@ -273,13 +275,17 @@ class CsvRowReader:
         if record is not None:
             return record
         if mode == "auto" and looks_like_header(fields, self.options):
-            return self._use_header(fields)
+            return self._use_header(fields, keep=True)
         return "bad"
 
-    def _use_header(self, fields: list[str]) -> RowOutcome:
+    def _use_header(self, fields: list[str], keep: bool = False) -> RowOutcome:
+        """Take ``fields`` as the header; when it cannot be used, ``keep`` leaves the
+        layout in force (a stray text line mid-file must not stop the file)."""
         try:
             self.layout = layout_from_header(fields, self.options)
         except ValueError as exc:
+            if keep and self.layout is not None:
+                return "bad"
             self.error = str(exc)
             self.layout = None
             return "bad"
