@@ -3,9 +3,11 @@ preprocessing, used by training, evaluation and the device.
 
 The steps, in order (parameters from the manifest's ``SensorPreprocessing``):
 
-1. **Resampling** (``interval_s`` set): samples fall into grid cells
-   ``[k * interval_s, (k + 1) * interval_s)``; a cell's step is the mean of its samples
-   per column (NaNs ignored), timed at the cell's start. A cell is complete when a
+1. **Resampling** (``interval_s`` set): samples fall into grid cells centred on the
+   grid points, ``[(k - 1/2) * interval_s, (k + 1/2) * interval_s)``, so a sensor that
+   reports every interval with some jitter puts one sample in each; a cell's step is
+   the mean of its samples per column (NaNs ignored), timed at its grid point
+   ``k * interval_s``. A cell is complete when a
    sample of a later cell arrives, so a step is one interval late at most. Empty cells
    between two samples are missing steps; up to ``max_gap_steps`` of them are filled
    (step 2), a longer gap restarts the window, so no window spans an outage. A sample
@@ -104,7 +106,7 @@ class Resampler:
                 return []
             self._last_time = timestamp
             return [Step(timestamp, tuple(float(v) for v in values))]
-        cell = math.floor(timestamp / self.interval)
+        cell = math.floor(timestamp / self.interval + 0.5)
         if self._cell is None:
             self._open(cell, values)
             return []
