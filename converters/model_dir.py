@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from device.bundle.manifest import ImagePreprocessing, SensorPreprocessing, Task
+from device.bundle.manifest import Decoding, ImagePreprocessing, Preprocessing, Task
 from device.errors import DatasetError
 
 MODEL_FILE = "model.keras"
@@ -62,8 +62,12 @@ class TrainedModelInfo(BaseModel):
     version: str
     task: Task
     labels: tuple[str, ...]
-    preprocessing: ImagePreprocessing | SensorPreprocessing = Field(discriminator="kind")
-    #: Anomaly models: the threshold rule (None for classifiers).
+    preprocessing: Preprocessing
+    #: The manifest's decoding for models that are not classifiers (None: classification
+    #: from ``outputs_probabilities`` and ``background_labels``).
+    decoding: Decoding | None = None
+    #: Sensor-anomaly models: the threshold rule (the converter builds the decoding with
+    #: a threshold calibrated on the converted model).
     anomaly: AnomalyCalibration | None = None
     #: Labels that mean "nothing there" and never become events.
     background_labels: tuple[str, ...] = ()
@@ -84,6 +88,15 @@ class SampleSet:
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
+
+
+def image_spec(info: TrainedModelInfo) -> ImagePreprocessing:
+    """The image preprocessing of an image model's folder (DatasetError for other tasks)."""
+    if not isinstance(info.preprocessing, ImagePreprocessing):
+        raise DatasetError(
+            f"model {info.name} is a {info.task} model; this step needs an image model"
+        )
+    return info.preprocessing
 
 
 def write_info(directory: Path, info: TrainedModelInfo) -> None:

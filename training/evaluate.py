@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from device.bundle.manifest import ClassificationDecoding, ImagePreprocessing, Manifest
+from device.bundle.manifest import ImagePreprocessing, Manifest
 from device.bundle.reader import read_bundle
 from device.errors import BundleTaskError
 from device.preprocessing.image import normalise
@@ -118,14 +118,14 @@ def evaluate_bundle(
     bundle = read_bundle(bundle_path, public_key=public_key)
     manifest = bundle.manifest
     spec = _image_preprocessing(manifest)
+    parts = manifest.classifier_parts()
+    softmax = parts is not None and parts[1].apply_softmax
     runtime = load_for_manifest(manifest, bundle.model_bytes, threads=threads, edgetpu="auto")
     images = load_labelled_folder(data_dir, spec, label_order=manifest.labels)
     y_true = images.samples.y
     assert y_true is not None
     predicted = np.empty(len(images.samples), dtype=np.int64)
     invoke_s = 0.0
-    decoding = manifest.decoding
-    softmax = isinstance(decoding, ClassificationDecoding) and decoding.apply_softmax
     for index, pixels in enumerate(images.samples.x):
         tensor = normalise(pixels, spec)[np.newaxis, ...]
         start = time.perf_counter()

@@ -131,8 +131,6 @@ class ReconstructionDecoding(_Frozen):
     margin: float = Field(gt=0.0)
     #: Training windows the threshold was calibrated on.
     calibration_windows: int = Field(ge=1)
-    #: Labels that never become events (kept for symmetry with classification; empty).
-    background_labels: tuple[str, ...] = ()
 
 
 Decoding = Annotated[
@@ -227,9 +225,10 @@ class Manifest(_Frozen):
         unknown = set(self.thresholds.per_label) - set(self.labels)
         if unknown:
             raise ValueError(f"thresholds name unknown labels: {sorted(unknown)}")
-        for label in self.decoding.background_labels:
-            if label not in self.labels:
-                raise ValueError(f"background label {label!r} is not one of the labels")
+        if isinstance(self.decoding, ClassificationDecoding):
+            for label in self.decoding.background_labels:
+                if label not in self.labels:
+                    raise ValueError(f"background label {label!r} is not one of the labels")
         sensor = (
             isinstance(self.preprocessing, SensorPreprocessing),
             isinstance(self.decoding, ReconstructionDecoding),
@@ -240,6 +239,14 @@ class Manifest(_Frozen):
                 "in a sensor-anomaly manifest"
             )
         return self
+
+    def classifier_parts(self) -> tuple[ImagePreprocessing, ClassificationDecoding] | None:
+        """Preprocessing and decoding of an image classifier; None for other models."""
+        if isinstance(self.preprocessing, ImagePreprocessing) and isinstance(
+            self.decoding, ClassificationDecoding
+        ):
+            return self.preprocessing, self.decoding
+        return None
 
     def canonical_bytes(self) -> bytes:
         """The exact bytes written as manifest.json and covered by manifest.sig.
