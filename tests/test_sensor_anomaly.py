@@ -388,3 +388,15 @@ def test_a_sensor_bundle_is_refused_by_the_image_pipeline(sensor_model: Trained)
         ClassificationPipeline("p", ImageConfig(source="s", model=sensor_model.bundle), bundle,
                                runtime)  # fmt: skip
     assert not math.isnan(bundle.manifest.decoding.threshold)  # type: ignore[union-attr]
+
+
+def test_resampling_grid_is_chosen_from_the_data() -> None:
+    from device.sensors.series import SeriesData
+    from training.train_sensors import choose_interval
+
+    regular = 1000.0 + 60.0 * np.arange(500) + np.random.default_rng(1).uniform(-5, 5, 500)
+    values = np.zeros((500, 1))
+    assert choose_interval([SeriesData("a", regular, values, ("v",))]) == pytest.approx(60, abs=3)
+    # A feed that skips one sample in five has no useful grid: every sample is a step.
+    irregular = np.cumsum(np.where(np.arange(500) % 5 == 0, 180.0, 60.0))
+    assert choose_interval([SeriesData("b", irregular, values, ("v",))]) is None

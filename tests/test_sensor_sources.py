@@ -17,11 +17,12 @@ from pydantic import ValidationError
 from device.config import MqttSection
 from device.logs.tail import TailOptions
 from device.sensors.config import (
+    NAME_PATTERN,
     HostMetricsSourceConfig,
     MqttSensorSourceConfig,
     SensorFileSourceConfig,
-    build_sensor_source,
 )
+from device.sensors.factory import build_sensor_source
 from device.sensors.filetail import SensorFileOptions, SensorFileSource
 from device.sensors.host import HostMetricsOptions, HostMetricsSource
 from device.sensors.mqtt_source import MqttSensorOptions, MqttSensorSource
@@ -353,3 +354,17 @@ def test_config_sections_build_their_sources(tmp_path: Path) -> None:
         HostMetricsSourceConfig.model_validate({"metrics": ["gpu_temp"]})
     with pytest.raises(ValidationError):
         MqttSensorSourceConfig.model_validate({"topics": []})
+
+
+def test_the_config_module_can_be_imported_by_device_config() -> None:
+    """device/config.py will import the sections: they must not import it back."""
+    import subprocess
+    import sys
+
+    check = "import sys, device.sensors.config; print('device.config' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    assert out.stdout.strip() == "False"
+    from device.config import NAME_PATTERN as DEVICE_NAME_PATTERN
+
+    assert NAME_PATTERN == DEVICE_NAME_PATTERN

@@ -65,6 +65,8 @@ FloatArray = np.ndarray[Any, np.dtype[np.float32]]
 LABELS = ("anomaly",)
 #: Training windows needed at the least (after the validation split).
 MIN_TRAIN_WINDOWS = 16
+#: Share of sample spacings over twice the median above which data counts as irregular.
+IRREGULAR_SHARE = 0.05
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -75,7 +77,8 @@ class SensorTrainOptions:
     window: int = 32
     #: Steps between two windows on the device (training uses every position).
     hop: int = 1
-    #: The grid the series are resampled to; None: the median spacing of the data.
+    #: The grid the series are resampled to; None: the median spacing of the data, or no
+    #: grid when the data is irregular (see ``choose_interval``).
     interval_s: float | None = None
     #: False: no resampling, every sample is one step (``interval_s`` is ignored).
     resample: bool = True
@@ -150,14 +153,26 @@ def load_sensor_folder(data_dir: Path, csv: CsvOptions | None = None) -> list[Se
     return [read_csv_series(path, csv) for path in paths]
 
 
-def infer_interval(series: Sequence[SeriesData]) -> float:
-    """The median spacing between consecutive samples over every file."""
+def choose_interval(series: Sequence[SeriesData]) -> float | None:
+    """The median spacing between consecutive samples over every file, or None (no
+    resampling: every sample one step) when more than IRREGULAR_SHARE of the spacings
+    exceed twice the median: on such data a grid would be mostly filled-in steps and
+    restarted windows, while the samples' own order still shows the shapes."""
     diffs = [np.diff(s.timestamps) for s in series if len(s) > 1]
     gaps = np.concatenate(diffs) if diffs else np.zeros(0)
     gaps = gaps[gaps > 0]
     if gaps.size == 0:
         raise DatasetError("cannot tell the sample interval (no two samples at distinct times)")
-    return float(np.median(gaps))
+    median = float(np.median(gaps))
+    irregular = float(np.mean(gaps > 2.0 * median))
+    if irregular > IRREGULAR_SHARE:
+        log.info(
+            "%.0f%% of the sample spacings exceed twice the median (%.4g s): no resampling, "
+            "every sample is one step (pass --interval to resample anyway)",
+            100 * irregular, median,
+        )  # fmt: skip
+        return None
+    return median
 
 
 def _select_columns(
@@ -184,7 +199,7 @@ def sensor_preprocessing(
     series: Sequence[SeriesData], options: SensorTrainOptions
 ) -> SensorPreprocessing:
     """Grid, window and the scaling fitted on the resampled training steps of every file."""
-    interval = (options.interval_s or infer_interval(series)) if options.resample else None
+    interval = (options.interval_s or choose_interval(series)) if options.resample else None
     names = series[0].columns
     unscaled = SensorPreprocessing(
         columns=tuple(SensorColumn(name=n, mean=0.0, std=1.0) for n in names),

@@ -1,25 +1,30 @@
-"""Config sections for sensor sources and the sensor-anomaly pipeline, and the factory
-that builds a source from its section.
+"""Config sections for sensor sources and the sensor-anomaly pipeline.
 
 These are pydantic models in the style of ``device/config.py`` (frozen, unknown keys
 refused) so that the daemon's config can take them into its ``Source`` and ``Pipeline``
-unions, keyed by ``kind`` and ``task``; docs/sensors.md lists every key.
+unions, keyed by ``kind`` and ``task``; docs/sensors.md lists every key. So that
+``device/config.py`` can import this module, nothing here imports ``device.config`` (or
+anything that does) at module level; ``device/sensors/factory.py`` builds the sources.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from device.config import MqttSection, Name
 from device.logs.tail import StartAt, TailOptions
-from device.sensors.filetail import SensorFileOptions, SensorFileSource
-from device.sensors.host import ALL_METRICS, HostMetricsOptions, HostMetricsSource, Metric
-from device.sensors.mqtt_source import MqttSensorOptions, MqttSensorSource
+from device.sensors.filetail import SensorFileOptions
+from device.sensors.host import ALL_METRICS, HostMetricsOptions, Metric
 from device.sensors.parse import CsvOptions, JsonOptions
-from device.sensors.reading import SensorSource
+
+if TYPE_CHECKING:
+    from device.sensors.mqtt_source import MqttSensorOptions
+
+#: The same rule as ``device.config.NAME_PATTERN`` (a test keeps them equal).
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 
 
 class _Section(BaseModel):
@@ -83,6 +88,9 @@ class MqttSensorSourceConfig(_Section):
     queue_readings: int = Field(10_000, ge=1)
 
     def options(self) -> MqttSensorOptions:
+        # Imported here: the MQTT source needs device.config, which imports this module.
+        from device.sensors.mqtt_source import MqttSensorOptions
+
         return MqttSensorOptions(
             topics=self.topics,
             json=JsonOptions(fields=self.fields, timestamp_field=self.timestamp_field),
@@ -146,25 +154,3 @@ class SensorAnomalyPipelineConfig(_Section):
         if any(not k or not v for k, v in self.columns.items()):
             raise ValueError("columns maps non-empty model column names to reading columns")
         return self
-
-
-def build_sensor_source(
-    name: str,
-    config: SensorSourceConfig,
-    *,
-    state_dir: Path | None,
-    mqtt: MqttSection | None,
-) -> SensorSource:
-    """The source a section describes. File positions go to
-    ``<state_dir>/sensor-<name>.tail.json`` (None: not saved); an MQTT source uses
-    ``mqtt`` for its broker, TLS and credentials unless the section names a broker."""
-    if isinstance(config, SensorFileSourceConfig):
-        state = state_dir / f"sensor-{name}.tail.json" if state_dir is not None else None
-        return SensorFileSource(
-            name, config.paths, state, config.options(), tail=config.tail_options()
-        )
-    if isinstance(config, MqttSensorSourceConfig):
-        host = config.host or (mqtt.host if mqtt is not None else "localhost")
-        port = config.port or (mqtt.port if mqtt is not None else 1883)
-        return MqttSensorSource(name, host, port, config.options(), config=mqtt)
-    return HostMetricsSource(name, config.options())
