@@ -123,6 +123,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from device.bench import render_bench, run_bench
+    from device.bench_sensors import is_sensor_bundle, sensor_bench_command
+
+    if is_sensor_bundle(args.bundle):
+        return sensor_bench_command(args)
 
     result = run_bench(args.bundle, video=args.video, threads=args.threads, frames=args.frames)
     sys.stdout.write(
@@ -180,6 +184,10 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    if args.task == "sensor-anomaly":
+        from training.sensor_cli import train_command
+
+        return train_command(args)
     if args.task != "image-classification":
         raise EdgewatchError(
             f"training for {args.task} is not available yet; supported: image-classification"
@@ -253,7 +261,13 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from device.bench_sensors import is_sensor_bundle
     from training.evaluate import evaluate_bundle
+
+    if is_sensor_bundle(args.bundle):
+        from training.sensor_cli import evaluate_command
+
+        return evaluate_command(args)
 
     result = evaluate_bundle(args.bundle, args.data_dir, threads=args.threads, out_dir=args.report)
     sys.stdout.write(
@@ -330,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("bundle", type=Path)
     bench.add_argument("--video", type=Path, help="video to feed (default: the demo sample)")
     bench.add_argument("--threads", type=int, default=2)
-    bench.add_argument("--frames", type=int, default=200)
+    bench.add_argument("--frames", type=int, default=200, help="frames (windows for sensors)")
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(handler=_cmd_bench)
 
@@ -418,6 +432,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--model-version",
         help="model version (default: the UTC time, YYYYMMDD.HHMMSS, so each run differs)",
     )
+    sensors = train.add_argument_group("sensor-anomaly")
+    sensors.add_argument("--window", type=_positive_int, default=32, help="steps per window")
+    sensors.add_argument("--hop", type=_positive_int, default=1, help="steps between windows")
+    sensors.add_argument("--interval", type=float, help="resampling grid in s (default: median)")
+    sensors.add_argument("--columns", help="value columns, comma-separated (default: all)")
+    sensors.add_argument("--quantile", type=float, default=None, help="threshold quantile")
+    sensors.add_argument("--margin", type=float, default=None, help="threshold margin")
     train.set_defaults(handler=_cmd_train)
 
     convert = sub.add_parser("convert", help="Keras model folder → .ewm bundle")
@@ -439,6 +460,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--threads", type=int, default=2)
     evaluate.add_argument("--report", type=Path, help="write report files here")
     evaluate.add_argument("--json", action="store_true")
+    evaluate.add_argument(
+        "--probation", type=float, default=0.0,
+        help="sensor-anomaly: share of each file that only warms up (NAB uses 0.15)",
+    )  # fmt: skip
     evaluate.set_defaults(handler=_cmd_evaluate)
     return parser
 

@@ -68,7 +68,41 @@ class ImagePreprocessing(_Frozen):
     offset: float = -1.0
 
 
-Preprocessing = Annotated[ImagePreprocessing, Field(discriminator="kind")]
+class SensorColumn(_Frozen):
+    """One value column of a sensor series and its z-score scaling: ``(x - mean) / std``."""
+
+    name: str = Field(min_length=1, max_length=128)
+    mean: float
+    std: float = Field(gt=0.0)
+
+
+class SensorPreprocessing(_Frozen):
+    """How readings of a numeric series become the model's input window.
+
+    Samples are resampled onto a grid of ``interval_s`` (None: every sample is one step),
+    ``window`` consecutive steps form one window, a new window completes every ``hop``
+    steps, and each column is z-scored with its ``mean`` and ``std`` from the training
+    data. ``device/sensors/windows.py`` is the one implementation, used by training and
+    the device alike.
+    """
+
+    kind: Literal["sensor-window"] = "sensor-window"
+    columns: tuple[SensorColumn, ...] = Field(min_length=1)
+    interval_s: float | None = Field(None, gt=0.0)
+    window: int = Field(ge=2, le=4096)
+    hop: int = Field(1, ge=1)
+    #: Missing grid steps (no sample) filled with the last value; a longer gap restarts
+    #: the window, so no window spans an outage.
+    max_gap_steps: int = Field(3, ge=0)
+    #: Windows in which more than this share of the values was filled in are not scored.
+    max_filled_fraction: float = Field(0.25, ge=0.0, le=1.0)
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(column.name for column in self.columns)
+
+
+Preprocessing = Annotated[ImagePreprocessing | SensorPreprocessing, Field(discriminator="kind")]
 
 
 class ClassificationDecoding(_Frozen):
@@ -80,7 +114,28 @@ class ClassificationDecoding(_Frozen):
     background_labels: tuple[str, ...] = ()
 
 
-Decoding = Annotated[ClassificationDecoding, Field(discriminator="kind")]
+class ReconstructionDecoding(_Frozen):
+    """Output 0 is the model's reconstruction of its input window (an autoencoder).
+
+    The anomaly score of a window is the mean squared difference between the scaled
+    window and the reconstruction (``score = "mse"``, z units squared), computed on the
+    float window before input quantization; a window whose score is at or above
+    ``threshold`` is anomalous. The threshold was calibrated on the training windows with
+    this very model: the ``quantile`` of their scores times ``margin``.
+    """
+
+    kind: Literal["reconstruction"] = "reconstruction"
+    score: Literal["mse"] = "mse"
+    threshold: float = Field(gt=0.0)
+    quantile: float = Field(gt=0.0, le=1.0)
+    margin: float = Field(gt=0.0)
+    #: Training windows the threshold was calibrated on.
+    calibration_windows: int = Field(ge=1)
+
+
+Decoding = Annotated[
+    ClassificationDecoding | ReconstructionDecoding, Field(discriminator="kind")
+]
 
 
 class Thresholds(_Frozen):
@@ -170,10 +225,28 @@ class Manifest(_Frozen):
         unknown = set(self.thresholds.per_label) - set(self.labels)
         if unknown:
             raise ValueError(f"thresholds name unknown labels: {sorted(unknown)}")
-        for label in self.decoding.background_labels:
-            if label not in self.labels:
-                raise ValueError(f"background label {label!r} is not one of the labels")
+        if isinstance(self.decoding, ClassificationDecoding):
+            for label in self.decoding.background_labels:
+                if label not in self.labels:
+                    raise ValueError(f"background label {label!r} is not one of the labels")
+        sensor = (
+            isinstance(self.preprocessing, SensorPreprocessing),
+            isinstance(self.decoding, ReconstructionDecoding),
+        )
+        if any(sensor) and (self.task != "sensor-anomaly" or not all(sensor)):
+            raise ValueError(
+                "sensor-window preprocessing and reconstruction decoding belong together, "
+                "in a sensor-anomaly manifest"
+            )
         return self
+
+    def classifier_parts(self) -> tuple[ImagePreprocessing, ClassificationDecoding] | None:
+        """Preprocessing and decoding of an image classifier; None for other models."""
+        if isinstance(self.preprocessing, ImagePreprocessing) and isinstance(
+            self.decoding, ClassificationDecoding
+        ):
+            return self.preprocessing, self.decoding
+        return None
 
     def canonical_bytes(self) -> bytes:
         """The exact bytes written as manifest.json and covered by manifest.sig.

@@ -159,6 +159,24 @@ class Box(_Wire):
     ymax: float
 
 
+class SensorWindow(_Wire):
+    """What a sensor-anomaly event is about: a stretch of one series.
+
+    For start and update, ``start``/``end`` are the times of the first and last sample
+    of the window that caused the message, and the event's ``score`` is that window's
+    anomaly score; for end, they span the whole anomalous stretch (first anomalous
+    window's start to last anomalous window's end) and ``score`` is its highest.
+    """
+
+    series: str
+    start: float
+    end: float
+    #: Samples in one window (the model's window length).
+    samples: int
+    #: Score at or above which a window is anomalous (same units as ``score``).
+    threshold: float
+
+
 class Event(_Wire):
     """One detection event, QoS 1 on ``<prefix>/<device>/events/<source>``."""
 
@@ -186,6 +204,7 @@ class Event(_Wire):
     #: For start/update/end: seconds since the event started.
     duration_s: float = 0.0
     box: Box | None = None
+    sensor: SensorWindow | None = None
     pipeline: str
     #: log-anomaly events: the line and why it is anomalous.
     log: LogDetails | None = None
