@@ -31,6 +31,12 @@ from device.logs.config import (
     SyslogSourceConfig,
 )
 from device.runtime import EdgeTpuMode
+from device.sensors.config import (
+    HostMetricsSourceConfig,
+    MqttSensorSourceConfig,
+    SensorAnomalyPipelineConfig,
+    SensorFileSourceConfig,
+)
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -269,10 +275,14 @@ Source = Annotated[
     Annotated[CameraSource, Tag("camera")]
     | Annotated[LogFileSourceConfig, Tag("logfile")]
     | Annotated[JournalSourceConfig, Tag("journal")]
-    | Annotated[SyslogSourceConfig, Tag("syslog")],
+    | Annotated[SyslogSourceConfig, Tag("syslog")]
+    | Annotated[SensorFileSourceConfig, Tag("sensor-file")]
+    | Annotated[MqttSensorSourceConfig, Tag("sensor-mqtt")]
+    | Annotated[HostMetricsSourceConfig, Tag("host-metrics")],
     Discriminator(_source_kind),
 ]
-SOURCE_KINDS = ("camera", *LOG_SOURCE_KINDS)
+SENSOR_SOURCE_KINDS = ("sensor-file", "sensor-mqtt", "host-metrics")
+SOURCE_KINDS = ("camera", *LOG_SOURCE_KINDS, *SENSOR_SOURCE_KINDS)
 
 
 class EventSection(_Section):
@@ -299,11 +309,26 @@ class ClassificationPipeline(_Section):
     events: EventSection = Field(default_factory=EventSection)
 
 
-# Later tasks join this as a union keyed by `task`.
-Pipeline = ClassificationPipeline
-PIPELINE_TASKS = ("image-classification",)
+def _pipeline_task(value: object) -> str:
+    """The union tag of a pipeline table: its ``task``, image classification when absent."""
+    if isinstance(value, dict):
+        task = value.get("task", "image-classification")
+        return task if isinstance(task, str) else "image-classification"
+    return str(getattr(value, "task", "image-classification"))
+
+
+#: A ``[pipelines.NAME]`` table, keyed by ``task`` (default "image-classification").
+Pipeline = Annotated[
+    Annotated[ClassificationPipeline, Tag("image-classification")]
+    | Annotated[SensorAnomalyPipelineConfig, Tag("sensor-anomaly")],
+    Discriminator(_pipeline_task),
+]
+PIPELINE_TASKS = ("image-classification", "sensor-anomaly")
 #: The source kinds each pipeline task reads.
-TASK_SOURCE_KINDS: dict[str, tuple[str, ...]] = {"image-classification": ("camera",)}
+TASK_SOURCE_KINDS: dict[str, tuple[str, ...]] = {
+    "image-classification": ("camera",),
+    "sensor-anomaly": SENSOR_SOURCE_KINDS,
+}
 
 
 class DeviceConfig(_Section):

@@ -30,13 +30,14 @@ from types import FrameType
 from pydantic import JsonValue
 
 from device import __version__
+from device.bundle.reader import read_bundle
 from device.commands import CommandError, CommandHandler, ReloadReport, UInt8Image, unknown
 from device.config import CameraSource, DeviceConfig, load_config
 from device.errors import ConfigError, EdgewatchError
 from device.examples.service import ExampleService, open_examples
 from device.homeassistant import Entity, HomeAssistantDiscovery, PipelineInfo, build_entities
 from device.inference_worker import InferenceWorker, pipeline_part, source_part
-from device.modelstore.boot import boot_pipelines
+from device.modelstore.boot import boot_pipelines, max_model_bytes, public_key_of
 from device.modelstore.service import ModelService
 from device.modelstore.store import ModelStore
 from device.modelstore.switch import PipelineSwitcher, SwapTicket
@@ -54,11 +55,13 @@ from device.mqtt.topics import Topics
 from device.outbox import OUTBOX_FILE, Outbox
 from device.pipelines.lifecycle import Transition
 from device.pipelines.loaded import LoadedPipeline, build_pipeline
+from device.pipelines.sensor_runner import build_sensor_runner
 from device.procstats import ProcessMonitor
 from device.prometheus import PrometheusEndpoint
 from device.record_sources import RecordSources
 from device.record_worker import EventDraft, RecordPipeline
 from device.sdnotify import SdNotifier
+from device.sensors.config import SensorAnomalyPipelineConfig
 from device.seqstore import SeqStore
 from device.sources.camera import CameraStream, Frame, serial_opencv
 from device.supervision import Supervisor
@@ -382,6 +385,7 @@ class Daemon:
                 duration_s=round(draft.duration_s, 3),
                 pipeline=pipeline.name,
                 log=draft.log,
+                sensor=draft.sensor,
             )
             self.publisher.publish_event(event)
             self._event_counts[pipeline.name] = self._event_counts.get(pipeline.name, 0) + 1
@@ -389,6 +393,14 @@ class Daemon:
     def _build_record_pipeline(self, name: str) -> RecordPipeline:
         """A record pipeline from its config table, its model loaded and smoke-tested."""
         config = self.config.pipelines[name]
+        runtime = self.config.runtime
+        if isinstance(config, SensorAnomalyPipelineConfig):
+            bundle = read_bundle(
+                config.model,
+                public_key=public_key_of(runtime),
+                max_model_bytes=max_model_bytes(runtime),
+            )
+            return build_sensor_runner(name, config, bundle, runtime)
         raise ConfigError(
             f"pipelines.{name}: task {config.task!r} does not read record sources"
         )

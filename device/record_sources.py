@@ -29,11 +29,20 @@ from device.mqtt.payloads import (
     SourceStatus,
 )
 from device.record_worker import RecordHost, RecordPipeline, RecordSource, RecordWorker
+from device.sensors.config import (
+    HostMetricsSourceConfig,
+    MqttSensorSourceConfig,
+    SensorFileSourceConfig,
+)
+from device.sensors.factory import build_sensor_source
+from device.sensors.reading import SensorSourceStats
 
 log = logging.getLogger(__name__)
 
 RATE_WINDOW_S = 5.0
-RECORD_SOURCE_TYPES = (LogFileSourceConfig, JournalSourceConfig, SyslogSourceConfig)
+LOG_SOURCE_TYPES = (LogFileSourceConfig, JournalSourceConfig, SyslogSourceConfig)
+SENSOR_SOURCE_TYPES = (SensorFileSourceConfig, MqttSensorSourceConfig, HostMetricsSourceConfig)
+RECORD_SOURCE_TYPES = (*LOG_SOURCE_TYPES, *SENSOR_SOURCE_TYPES)
 
 #: Builds the pipeline ``name`` from its config table (the daemon's builder).
 PipelineBuilder = Callable[[str], RecordPipeline]
@@ -60,6 +69,11 @@ def snapshot(stats: object) -> SourceSnapshot:
         return SourceSnapshot(
             stats.lines, 0, stats.restarts, stats.queue_depth, status, stats.detail
         )
+    if isinstance(stats, SensorSourceStats):
+        return SourceSnapshot(
+            stats.readings, stats.dropped, stats.connects, stats.queue_depth, stats.status,
+            stats.detail,
+        )  # fmt: skip
     if isinstance(stats, SyslogStats):
         received = stats.udp_messages + stats.tcp_messages
         return SourceSnapshot(received, stats.dropped, 0, stats.queue_depth, stats.status, "")
@@ -99,7 +113,13 @@ class RecordSources:
                 continue
             factories = [partial(build, pipeline) for pipeline in users]
             pipelines = [factory() for factory in factories]
-            opened: RecordSource = source.open(name, config.device.state_dir)
+            opened: RecordSource
+            if isinstance(source, LOG_SOURCE_TYPES):
+                opened = source.open(name, config.device.state_dir)
+            else:
+                opened = build_sensor_source(
+                    name, source, state_dir=config.device.state_dir, mqtt=config.mqtt
+                )
             self.workers[name] = RecordWorker(name, opened, pipelines, list(factories), host)
             self._kinds[name] = source.kind
             self._rates[name] = _Rate()

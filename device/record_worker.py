@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from device.latency import LatencyWindow
-from device.mqtt.payloads import EventType, LogDetails, ModelRef, PipelineState
+from device.mqtt.payloads import EventType, LogDetails, ModelRef, PipelineState, SensorWindow
 from device.supervision import InferenceClock, Supervisor
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ class EventDraft:
     captured_at: float
     duration_s: float = 0.0
     log: LogDetails | None = None
+    sensor: SensorWindow | None = None
 
 
 class RecordPipeline(Protocol):

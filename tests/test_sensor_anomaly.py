@@ -7,7 +7,6 @@ import json
 import math
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ from device.sensors.filetail import SensorFileSource
 from device.sensors.reading import Reading
 from device.sensors.series import read_csv_series
 from device.sensors.windows import SeriesWindower, window_arrays
+from tests.helpers_sensors import WINDOW, Trained
 from training.synthetic.signals import (
     GeneratedSeries,
     generate_series,
@@ -36,41 +36,7 @@ from training.synthetic.signals import (
 )
 
 INTERVAL = 60.0
-WINDOW = 32
 KINDS = ("spike", "drift", "flatline", "spike", "flatline", "drift")
-
-
-@dataclass(frozen=True)
-class Trained:
-    model_dir: Path
-    bundle: Path
-    stdout: str
-
-
-@pytest.fixture(scope="session")
-def sensor_model(tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    """Two files of normal operation (with a few bad rows and missing values, as real
-    recordings have), trained and converted through the CLI."""
-    root = tmp_path_factory.mktemp("sensor-model")
-    data = root / "pump"
-    for index in range(2):
-        path = write_series_csv(data / f"run{index}.csv", generate_series(1400, seed=index))
-        lines = path.read_text().splitlines()
-        lines[50] = lines[50].split(",")[0] + ",n/a"  # missing: filled from the last value
-        lines[90] = "this is not a row"
-        lines[91] = lines[91].split(",")[0] + ",ERR"
-        path.write_text("\n".join(lines) + "\n")
-    import contextlib
-    import io
-
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert main(["train", "sensor-anomaly", str(data), "--out", str(root / "model"),
-                     "--epochs", "30", "--window", str(WINDOW), "--seed", "3"]) == 0  # fmt: skip
-        bundle = root / "pump-int8.ewm"
-        assert main(["convert", str(root / "model"), "--quant", "int8", "--out",
-                     str(bundle)]) == 0  # fmt: skip
-    return Trained(root / "model", bundle, out.getvalue())
 
 
 def _pipeline(bundle_path: Path, **config: object) -> SensorAnomalyPipeline:
