@@ -21,7 +21,7 @@ from device.bundle.reader import read_bundle
 from device.config import CameraSource
 from device.config import ClassificationPipeline as PipelineConfig
 from device.demo import DEMO_DIR
-from device.errors import SourceError
+from device.errors import BundleTaskError, SourceError
 from device.pipelines.classification import ClassificationPipeline
 from device.preprocessing.image import UInt8Image, frame_to_input
 from device.runtime import ModelRuntime, load_for_manifest, quantize
@@ -103,6 +103,10 @@ def _naive_loop(
 ) -> tuple[float, int]:
     """Decode, resize, invoke, strictly one after another: the baseline to beat."""
     manifest = read_bundle(bundle_path).manifest
+    parts = manifest.classifier_parts()
+    if parts is None:
+        raise BundleTaskError(f"{manifest.model_ref} is not an image classifier")
+    spec = parts[0]
     capture = cv2.VideoCapture(str(video))
     frame: UInt8Image
     done = 0
@@ -115,7 +119,7 @@ def _naive_loop(
                 ok, frame = capture.read()
                 if not ok:
                     break
-            runtime.invoke([frame_to_input(frame, manifest.preprocessing)])
+            runtime.invoke([frame_to_input(frame, spec)])
             done += 1
     finally:
         capture.release()

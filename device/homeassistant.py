@@ -355,10 +355,12 @@ def pipelines_from_config(config: DeviceConfig) -> list[PipelineInfo]:
     infos = []
     for name, pipeline in config.pipelines.items():
         manifest = read_bundle(pipeline.model, max_model_bytes=max_bytes).manifest
+        parts = manifest.classifier_parts()
+        background = parts[1].background_labels if parts is not None else ()
         reportable = tuple(
             label
             for label in manifest.labels
-            if label not in manifest.decoding.background_labels
+            if label not in background
             and label not in pipeline.ignore_labels
         )
         infos.append(PipelineInfo(name=name, source=pipeline.source, reportable=reportable))
