@@ -62,8 +62,11 @@ def load_keras_model(path: Path) -> Any:
 
 def _batched(samples: list[np.ndarray[Any, Any]]) -> Iterator[list[np.ndarray[Any, Any]]]:
     for sample in samples:
-        array = np.asarray(sample, dtype=np.float32)
-        yield [array if array.ndim == 4 else array[np.newaxis, ...]]
+        array = np.asarray(sample)
+        if not np.issubdtype(array.dtype, np.integer):
+            # Integer samples are event ids for an int32 input (log models): kept as they are.
+            array = array.astype(np.float32)
+        yield [array[np.newaxis, ...] if array.ndim == 3 else array]
 
 
 def to_tflite(

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from device.bundle.manifest import ImagePreprocessing, Task
+from device.bundle.manifest import Decoding, ImagePreprocessing, Preprocessing, Task
 from device.errors import DatasetError
 
 MODEL_FILE = "model.keras"
@@ -45,7 +45,10 @@ class TrainedModelInfo(BaseModel):
     version: str
     task: Task
     labels: tuple[str, ...]
-    preprocessing: ImagePreprocessing
+    preprocessing: Preprocessing
+    #: The manifest's decoding for models that are not classifiers (None: classification
+    #: from ``outputs_probabilities`` and ``background_labels``).
+    decoding: Decoding | None = None
     #: Labels that mean "nothing there" and never become events.
     background_labels: tuple[str, ...] = ()
     #: Whether the model's output already is a probability distribution (ends in softmax).
@@ -65,6 +68,15 @@ class SampleSet:
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
+
+
+def image_spec(info: TrainedModelInfo) -> ImagePreprocessing:
+    """The image preprocessing of an image model's folder (DatasetError for other tasks)."""
+    if not isinstance(info.preprocessing, ImagePreprocessing):
+        raise DatasetError(
+            f"model {info.name} is a {info.task} model; this step needs an image model"
+        )
+    return info.preprocessing
 
 
 def write_info(directory: Path, info: TrainedModelInfo) -> None:
