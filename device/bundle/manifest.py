@@ -92,6 +92,9 @@ class LogPreprocessing(_Frozen):
     history: int = Field(ge=1, le=512)
     vocabulary: TemplateVocabulary | None = None
     events: tuple[str, ...] = ()
+    #: A line matched to a template must also have the template's literal words (Drain's
+    #: matching alone accepts half the tokens equal); see device/pipelines/log_events.py.
+    strict_templates: bool = True
 
     @model_validator(mode="after")
     def _one_event_space(self) -> LogPreprocessing:

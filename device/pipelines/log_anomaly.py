@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -200,7 +201,7 @@ class LogAnomalyPipeline:
         )
         self._limit = _ReportLimit(config.max_reports_per_s, config.report_burst, clock)
         self._by_origin = config.history_key == "origin"
-        self._histories: dict[str, History] = {}
+        self._histories: OrderedDict[str, History] = OrderedDict()
         self._counts = dict.fromkeys(
             ("lines", "blank", "unknown", "warming_up", "scored", "anomalies", "parameter",
              "reported", "suppressed"), 0,
@@ -337,7 +338,7 @@ class LogAnomalyPipeline:
 
     def _new_origin(self, key: str) -> History:
         if len(self._histories) >= self.config.max_origins:
-            del self._histories[next(iter(self._histories))]
+            self._histories.popitem(last=False)
         self._histories[key] = ()
         return ()
 

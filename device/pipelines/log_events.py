@@ -6,6 +6,8 @@ that the two agree line by line). The rules:
 
 * a blank line (nothing but white space) is no event: it is not scored and does not
   enter the history;
+* a line is templated by the bundle's frozen miner and, with strict templates (the
+  default), must also have the template's literal words (see ``TemplateShape``);
 * an unknown line (no template fits) is anomalous by definition and does not enter the
   history either, so the lines after it are judged on the known events around it;
 * lines: one stream per origin; an event is scored once the ``history`` known events
@@ -34,6 +36,7 @@ UNKNOWN: Final = 0
 NUMBER_TOKEN: Final = PLACEHOLDERS["number"]
 TIMESTAMP_TOKEN: Final = PLACEHOLDERS["timestamp"]
 _PLACEHOLDER = re.compile(r"<(?:TS|UUID|IP|MAC|HEX|PATH|NUM)>|<\*>")
+_DIGIT = re.compile(r"\d")
 _PLACEHOLDER_SPLIT = re.compile(r"(<(?:TS|UUID|IP|MAC|HEX|PATH|NUM)>|<\*>)")
 IntArray = np.ndarray[Any, np.dtype[np.int32]]
 
@@ -45,12 +48,15 @@ class EventMapper:
         self.spec = spec
         self.miner: TemplateMiner | None = None
         self._events: dict[str, int] = {}
-        self._slots: dict[int, NumericSlots] = {}
+        self._shapes: dict[int, TemplateShape] = {}
+        self.strict = spec.strict_templates
         if spec.vocabulary is not None:
             self.miner = TemplateMiner.from_vocabulary(spec.vocabulary, cache_size=cache_size)
-            delimiters = spec.vocabulary.parameters.extra_delimiters
-            self._slots = {
-                entry.id: NumericSlots(entry.tokens, delimiters)
+            parameters = spec.vocabulary.parameters
+            self._shapes = {
+                entry.id: TemplateShape(
+                    entry.tokens, parameters.extra_delimiters, parameters.max_tokens
+                )
                 for entry in spec.vocabulary.templates
             }
         else:
@@ -62,16 +68,19 @@ class EventMapper:
             raise ValueError("this model was trained on sessions of event ids, not log lines")
         if not text or text.isspace():
             return BLANK
-        return self.miner.match_id(text)
+        found = self.miner.match_id(text)
+        if found > 0 and self.strict and not self._shapes[found].fits(text):
+            return UNKNOWN
+        return found
 
     def event_id(self, event: str) -> int:
         """Class of a session's event id: UNKNOWN (0) when training never saw it."""
         return self._events.get(event, UNKNOWN)
 
     def numbers(self, text: str, template_id: int) -> list[float]:
-        """The line's numeric parameters under its template (see NumericSlots)."""
-        slots = self._slots.get(template_id)
-        return slots.values(text) if slots is not None and slots.count else []
+        """The line's numeric parameters under its template (see TemplateShape)."""
+        shape = self._shapes.get(template_id)
+        return shape.values(text) if shape is not None and shape.count else []
 
     def template_text(self, class_id: int) -> str | None:
         if class_id <= 0:
@@ -106,46 +115,105 @@ def session_windows(ids: Sequence[int], history: int, boundary: int) -> tuple[In
     return x, events[history:].copy()
 
 
-class NumericSlots:
-    """Where a template's numbers are, and how to read them from a line cheaply.
+class TemplateShape:
+    """A template's literal words and numbers, checked and read on a line cheaply.
 
-    The numeric parameters of a line under a template are, in line order, the values at
-    the ``<NUM>`` placeholders of the template's tokens. A line that fits a template has
-    its token count (the miner routes by it), so the template's token ``p`` is the
-    line's whitespace token ``p`` (shifted by the extra words of a leading timestamp,
-    which masks to one token). Each such token is read with a pattern made from the
-    template token (``<NUM>ms`` → ``(.+?)ms``); a token that does not fit it, or a value
-    that does not read as a number, gives NaN, so later slots keep their place. This
-    costs a split and one small match per number, where re-masking the line would cost
-    as much as templating it again.
+    A line that fits a template has its token count (the miner routes by it), so the
+    template's token ``p`` is the line's whitespace-separated word ``p``, shifted by the
+    extra words of a leading timestamp (which masks to one token). That gives two cheap
+    operations, one ``split`` each, where re-masking the line would cost as much as
+    templating it again:
+
+    * ``fits``: every literal word of the template is the line's word at its place, and
+      every word with a placeholder inside (``shop[<NUM>]:``) fits its pattern; words
+      with a digit in their fixed part (node names, dates, versions) are free to vary,
+      as Drain's own tree treats them as variable. Drain's
+      matching counts ``<*>`` positions as equal and accepts half the tokens equal,
+      which is right for parsing but lets a new kind of line pass as a known one when a
+      long header is shared (BGL's ``RAS KERNEL FATAL data TLB error interrupt`` matched
+      ``... FATAL program interrupt: <*> <*>``). Strict templates (the default) call such
+      a line unknown: a line whose fixed words no template has is a new template.
+    * ``values``: the numeric parameters, in line order: the values at the template's
+      ``<NUM>`` placeholders (``<NUM>ms`` is read with ``(.+?)ms``). A word that does not
+      fit, or a value that is not a finite number, gives NaN, so later slots keep their
+      place.
     """
 
-    def __init__(self, tokens: Sequence[str], extra_delimiters: str = "") -> None:
+    def __init__(
+        self, tokens: Sequence[str], extra_delimiters: str = "", max_tokens: int = 1 << 30
+    ) -> None:
         self.width = len(tokens)
         self.timestamp = bool(tokens) and tokens[0] == TIMESTAMP_TOKEN
+        #: Lines with more tokens than max_tokens were folded into this template's last
+        #: token; their words cannot be lined up, so they are neither checked nor read.
+        self.folded = len(tokens) >= max_tokens
         self._delimit = str.maketrans(extra_delimiters, " " * len(extra_delimiters))
         self._has_delimiters = bool(extra_delimiters)
-        self.positions: list[tuple[int, re.Pattern[str], int]] = []
+        self.literals: list[tuple[int, str]] = []
+        self.patterns: list[tuple[int, re.Pattern[str]]] = []
+        self.numbers: list[tuple[int, re.Pattern[str], int]] = []
         for position, token in enumerate(tokens):
-            if NUMBER_TOKEN not in token:
+            if (position == 0 and self.timestamp) or _PLACEHOLDER.fullmatch(token):
+                if token == NUMBER_TOKEN:
+                    self.numbers.append((position, re.compile("(.+)"), 1))
                 continue
-            pattern = "".join(
-                "(.+?)" if part == NUMBER_TOKEN else ".+?" if _PLACEHOLDER.fullmatch(part)
-                else re.escape(part)
-                for part in _PLACEHOLDER_SPLIT.split(token) if part
-            )  # fmt: skip
-            self.positions.append((position, re.compile(pattern), token.count(NUMBER_TOKEN)))
-        self.count = sum(n for _, _, n in self.positions)
+            parts = [part for part in _PLACEHOLDER_SPLIT.split(token) if part]
+            fixed = "".join(part for part in parts if not _PLACEHOLDER.fullmatch(part))
+            if _DIGIT.search(fixed) is not None:
+                pass  # an identifier (node name, date, version): free to vary
+            elif len(parts) == 1:
+                self.literals.append((position, token))
+            else:
+                self.patterns.append((position, re.compile("".join(
+                    ".+?" if _PLACEHOLDER.fullmatch(part) else re.escape(part)
+                    for part in parts
+                ))))  # fmt: skip
+            if NUMBER_TOKEN in parts:
+                self.numbers.append((position, re.compile("".join(
+                    "(.+?)" if part == NUMBER_TOKEN
+                    else ".+?" if _PLACEHOLDER.fullmatch(part) else re.escape(part)
+                    for part in parts
+                )), parts.count(NUMBER_TOKEN)))  # fmt: skip
+        self.count = sum(n for _, _, n in self.numbers)
+        self._last_text: str | None = None
+        self._last_words: tuple[list[str], int] | None = None
 
-    def values(self, text: str) -> list[float]:
+    def _words(self, text: str) -> tuple[list[str], int] | None:
+        # ``fits`` and then ``values`` look at the same line: split it once.
+        if text is self._last_text:
+            return self._last_words
         words = (text.translate(self._delimit) if self._has_delimiters else text).split()
         shift = len(words) - self.width
-        if shift < 0 or (shift > 0 and not self.timestamp):
+        found = None
+        if not (self.folded or shift < 0 or (shift > 0 and not self.timestamp)):
+            found = (words, shift)
+        self._last_text, self._last_words = text, found
+        return found
+
+    def fits(self, text: str) -> bool:
+        """Whether the line has the template's literal words (see the class docstring)."""
+        if self.folded:
+            return True
+        found = self._words(text)
+        if found is None:
+            return False
+        words, shift = found
+        for position, literal in self.literals:
+            if words[position + shift if position else 0] != literal:
+                return False
+        for position, pattern in self.patterns:
+            if pattern.fullmatch(words[position + shift if position else 0]) is None:
+                return False
+        return True
+
+    def values(self, text: str) -> list[float]:
+        found = self._words(text) if self.count else None
+        if found is None:
             return [math.nan] * self.count
+        words, shift = found
         out: list[float] = []
-        for position, pattern, groups in self.positions:
-            word = words[position + shift] if position > 0 else words[0]
-            match = pattern.fullmatch(word) if position > 0 or shift == 0 else None
+        for position, pattern, groups in self.numbers:
+            match = pattern.fullmatch(words[position + shift if position else 0])
             if match is None:
                 out.extend([math.nan] * groups)
                 continue

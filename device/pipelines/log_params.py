@@ -35,8 +35,14 @@ class ParameterIssue:
 class _Bounds:
     low: float
     high: float
-    low_magnitude: float
-    high_magnitude: float
+    #: The values at ``margin`` decades outside [low, high]: magnitude is monotonic, so
+    #: comparing values with these is comparing magnitudes, without a log per value.
+    lowest: float
+    highest: float
+
+
+def _from_magnitude(m: float) -> float:
+    return math.copysign(10.0 ** abs(m) - 1.0, m)
 
 
 class ParameterChecker:
@@ -44,14 +50,18 @@ class ParameterChecker:
 
     def __init__(self, ranges: Sequence[ParameterRange], margin: float) -> None:
         self.margin = margin
-        self._bounds: dict[int, dict[int, _Bounds]] = {}
+        by_template: dict[int, dict[int, _Bounds]] = {}
         for item in ranges:
-            self._bounds.setdefault(item.template, {})[item.slot] = _Bounds(
+            by_template.setdefault(item.template, {})[item.slot] = _Bounds(
                 item.low,
                 item.high,
-                magnitude(item.low) - margin,
-                magnitude(item.high) + margin,
+                _from_magnitude(magnitude(item.low) - margin),
+                _from_magnitude(magnitude(item.high) + margin),
             )
+        self._bounds: dict[int, list[_Bounds | None]] = {
+            template: [slots.get(i) for i in range(max(slots) + 1)]
+            for template, slots in by_template.items()
+        }
 
     def covers(self, template_id: int) -> bool:
         """Whether lines of this template have any checked slot (the rest cost nothing)."""
@@ -62,11 +72,9 @@ class ParameterChecker:
         slots = self._bounds.get(template_id)
         if not slots:
             return None
-        for slot, value in enumerate(mapper.numbers(text, template_id)):
-            bounds = slots.get(slot)
-            if bounds is None or math.isnan(value):
-                continue
-            m = magnitude(value)
-            if m < bounds.low_magnitude or m > bounds.high_magnitude:
+        values = mapper.numbers(text, template_id)
+        for slot, (value, bounds) in enumerate(zip(values, slots, strict=False)):
+            # NaN compares false both ways: an unreadable value is never out of range.
+            if bounds is not None and (value < bounds.lowest or value > bounds.highest):
                 return ParameterIssue(slot, value, bounds.low, bounds.high)
         return None

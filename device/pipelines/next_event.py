@@ -19,6 +19,7 @@ scored strictly higher, so ties (common with int8 outputs) count in the event's 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -112,8 +113,10 @@ class NextEventScorer:
         self._logits = self.decoding.logits
         self._cache_entries = cache_entries
         self._row_entries = min(cache_entries, max(256, ROW_CACHE_BYTES // (4 * self.classes)))
-        self._pairs: dict[History, EventScore] = {}
-        self._rows: dict[History, FloatArray] = {}
+        # Ordered: the oldest entry goes first when full (popitem is O(1) there; a plain
+        # dict's first key after many deletions is not).
+        self._pairs: OrderedDict[History, EventScore] = OrderedDict()
+        self._rows: OrderedDict[History, FloatArray] = OrderedDict()
         self._hits = 0
         self._misses = 0
         self._histories = 0
@@ -161,18 +164,47 @@ class NextEventScorer:
 
     def score(self, keys: Sequence[History]) -> list[EventScore]:
         """Scores of (history..., next) keys; histories not cached are invoked in batches."""
-        out: list[EventScore | None] = [self._pairs.get(k) for k in keys]
+        pairs = self._pairs
+        out: list[EventScore | None] = [pairs.get(k) for k in keys]
         missing = [i for i, s in enumerate(out) if s is None]
         self._hits += len(keys) - len(missing)
         if missing:
             self._misses += len(missing)
-            rows = self._rows_for([keys[i][:-1] for i in missing])
-            for i in missing:
-                key = keys[i]
-                score = self._score_row(rows[key[:-1]], key[-1])
-                self._remember(key, score)
+            fresh = self._score_missing([keys[i] for i in missing])
+            for i, score in zip(missing, fresh, strict=True):
                 out[i] = score
         return [s for s in out if s is not None]
+
+    def _score_missing(self, keys: list[History]) -> list[EventScore]:
+        """Score keys in one go: ranks, probabilities and best guesses as array operations
+        over all of them, then one EventScore each (remembered)."""
+        found = self._rows_for([k[:-1] for k in keys])
+        order: dict[History, int] = {}
+        for key in keys:
+            order.setdefault(key[:-1], len(order))
+        table = np.stack([found[h] for h in order])
+        rows = np.fromiter((order[k[:-1]] for k in keys), dtype=np.intp, count=len(keys))
+        actual = np.fromiter((k[-1] for k in keys), dtype=np.intp, count=len(keys))
+        values = table[rows, actual]
+        ranks = np.empty(len(keys), dtype=np.int64)
+        step = max(1, (1 << 22) // max(1, table.shape[1]))  # bound the comparison's memory
+        for start in range(0, len(keys), step):
+            end = start + step
+            ranks[start:end] = (table[rows[start:end]] > values[start:end, None]).sum(axis=1)
+        count = min(EXPECTED, table.shape[1])
+        top = np.argpartition(-table, count - 1, axis=1)[:, :count]
+        top_values = np.take_along_axis(table, top, axis=1)
+        best = np.take_along_axis(top, np.argsort(-top_values, axis=1, kind="stable"), axis=1)
+        expected = [tuple(int(c) for c in row) for row in best.tolist()]
+        probabilities = np.exp(values).tolist()
+        surprises = (-values).tolist()
+        out = []
+        for i, key in enumerate(keys):
+            score = EventScore(int(ranks[i]) + 1, probabilities[i], surprises[i],
+                               expected[rows[i]])  # fmt: skip
+            self._remember(key, score)
+            out.append(score)
+        return out
 
     def rows(self, histories: Sequence[History]) -> FloatArray:
         """Log-probabilities of every class after each history (no caching of pairs)."""
@@ -214,7 +246,7 @@ class NextEventScorer:
                 if self._row_entries <= 0:
                     continue
                 if len(self._rows) >= self._row_entries:
-                    del self._rows[next(iter(self._rows))]
+                    self._rows.popitem(last=False)
                 self._rows[history] = row
         return found
 
@@ -252,21 +284,11 @@ class NextEventScorer:
             self._invocations += 1
         return np.concatenate(parts, axis=0)
 
-    def _score_row(self, row: FloatArray, actual: int) -> EventScore:
-        value = row[actual]
-        rank = int(np.count_nonzero(row > value)) + 1
-        top = np.argpartition(-row, EXPECTED)[:EXPECTED] if len(row) > EXPECTED else np.arange(
-            len(row)
-        )
-        expected = tuple(int(i) for i in top[np.argsort(-row[top], kind="stable")])
-        probability = float(np.exp(value))
-        return EventScore(rank, probability, float(-value), expected)
-
     def _remember(self, key: History, score: EventScore) -> None:
         if self._cache_entries <= 0:
             return
         if len(self._pairs) >= self._cache_entries:
-            del self._pairs[next(iter(self._pairs))]
+            self._pairs.popitem(last=False)
         self._pairs[key] = score
 
 
