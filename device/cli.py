@@ -226,7 +226,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return _cmd_train_logs(args)
     if args.task != "image-classification":
         raise EdgewatchError(
-            f"training for {args.task} is not available yet; supported: image-classification"
+            f"training for {args.task} is not available yet; supported: image-classification, "
+            "log-anomaly"
         )
     from training.train_image import ImageTrainOptions, train_image_classifier
 
