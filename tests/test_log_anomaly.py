@@ -203,6 +203,10 @@ def test_unknown_templates_stay_anomalous_whatever_the_config(shop: Shop) -> Non
     assert set(reasons) <= {"normal", "warming-up", "unknown-template"}
     new = [a.line for a in generated.anomalies if a.kind == "new-template"]
     assert new and all(verdicts[i].reason == "unknown-template" for i in new)
+    pipeline.set_limits(top_g=1)
+    assert pipeline.top_g == 1
+    pipeline.set_limits()
+    assert pipeline.top_g == shop.trained.top_g
     blank = pipeline.process(LogLine("app", "x", "   ", 0.0))
     assert blank.template_id == BLANK and not blank.anomalous and blank.reason == "blank"
 

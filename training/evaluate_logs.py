@@ -44,6 +44,7 @@ from training.datasets.log_sessions import file_sha256, is_session_folder, split
 log = logging.getLogger(__name__)
 
 BATCH_LINES = 1000
+BATCH_SESSIONS = 5000
 Level = Literal["lines", "sessions"]
 
 
@@ -283,12 +284,15 @@ def _evaluate_sessions(
     abnormal = read_sessions(abnormal_path) if abnormal_path.is_file() else []
     if not normal and not abnormal:
         raise DatasetError(f"{data_dir} holds no sessions to evaluate")
+    sessions = normal + abnormal
     started = time.perf_counter()
-    verdicts = pipeline.score_sessions(normal + abnormal)
+    verdicts = []
+    for start in range(0, len(sessions), BATCH_SESSIONS):  # bounds the keys held at once
+        verdicts += pipeline.score_sessions(sessions[start : start + BATCH_SESSIONS])
     elapsed = time.perf_counter() - started
     predicted = np.fromiter((v.anomalous for v in verdicts), dtype=bool, count=len(verdicts))
     truth = np.concatenate([np.zeros(len(normal), bool), np.ones(len(abnormal), bool)])
-    events = sum(len(s) + 1 for s in normal + abnormal)
+    events = sum(len(s) + 1 for s in sessions)
     return LogEvaluationResult(
         bundle=bundle_path,
         data_dir=data_dir,

@@ -270,6 +270,18 @@ class LogAnomalyPipeline:
                 results[index] = self._judge(lines[index], template_id, score, issue)
         return [r for r in results if r is not None]
 
+    def set_limits(self, top_g: int | None = None, min_probability: float | None = None) -> None:
+        """Change the decision rule while running (a ``threshold`` command); None keeps the
+        bundle's value. Two attribute stores: the inference thread sees either value."""
+        if top_g is not None and top_g < 1:
+            raise ValueError(f"top_g must be at least 1, got {top_g}")
+        if min_probability is not None and not 0.0 <= min_probability <= 1.0:
+            raise ValueError(f"min_probability must be in [0, 1], got {min_probability}")
+        self.top_g = top_g if top_g is not None else self.decoding.top_g
+        self.min_probability = (
+            min_probability if min_probability is not None else self.decoding.min_probability
+        )
+
     def reset(self, origin: str | None = None) -> None:
         """Forget the history of one origin (or of all): its next lines warm up again."""
         if origin is None:
