@@ -22,7 +22,7 @@ from device.bundle.manifest import LogPreprocessing, Manifest, NextEventDecoding
 from device.bundle.reader import Bundle, read_bundle
 from device.cli import main
 from device.errors import BundleIncompatibleError, BundleTaskError, DatasetError
-from device.logs.record import LogLine
+from device.logs.record import LogLine, LogMeta
 from device.logs.tail import FileFollower, TailOptions
 from device.pipelines.log_anomaly import LogAnomalyPipeline, LogScore, check_log_bundle
 from device.pipelines.log_config import LogAnomalyPipelineConfig
@@ -191,6 +191,17 @@ def test_each_origin_keeps_its_own_history(shop: Shop) -> None:
     verdicts = shop.pipeline().process_batch(mixed)
     assert [v.reason for v in verdicts[0::2]] == alone
     assert [v.reason for v in verdicts[1::2]] == alone
+    # One syslog peer, two programs: "app" keeps them apart, "origin" does not.
+    peer = "udp:10.0.0.1:514"
+    tagged = [
+        LogLine("app", peer, line.text, 0.0, meta=LogMeta(format="rfc3164", app=name))
+        for line in lines
+        for name in ("shop", "other")
+    ]
+    by_app = shop.pipeline(history_key="app").process_batch(tagged)
+    assert [v.reason for v in by_app[0::2]] == alone
+    by_peer = shop.pipeline().process_batch(tagged)
+    assert [v.reason for v in by_peer[0::2]] != alone
 
 
 def test_unknown_templates_stay_anomalous_whatever_the_config(shop: Shop) -> None:
@@ -381,3 +392,19 @@ def test_evaluate_refuses_a_folder_without_labels(shop: Shop, tmp_path: Path,
     (tmp_path / "x.log").write_text("hello\n")
     assert main(["evaluate", str(shop.bundle_path), str(tmp_path)]) == 2
     assert "labels.csv" in capsys.readouterr().err
+
+
+def test_training_is_seeded_and_deterministic(tmp_path: Path) -> None:
+    write_log_folder(tmp_path / "logs", files=1, lines=800, seed=4)
+    options = LogTrainOptions(epochs=2, history=4, seed=3, progress=False)
+    first = train_log_anomaly(tmp_path / "logs", tmp_path / "a", options)
+    second = train_log_anomaly(tmp_path / "logs", tmp_path / "b", options)
+    assert (first.top_g, first.min_probability) == (second.top_g, second.min_probability)
+    from training.tf_setup import import_keras
+
+    keras = import_keras()
+    weights = [keras.models.load_model(d / "model.keras").get_weights() for d in
+               (first.out_dir, second.out_dir)]  # fmt: skip
+    assert all(np.array_equal(a, b) for a, b in zip(*weights, strict=True))
+    for name in ("model_info.json", "heldout.npz", "calibration.npz"):
+        assert (first.out_dir / name).read_bytes() == (second.out_dir / name).read_bytes()

@@ -200,7 +200,7 @@ class LogAnomalyPipeline:
             else None
         )
         self._limit = _ReportLimit(config.max_reports_per_s, config.report_burst, clock)
-        self._by_origin = config.history_key == "origin"
+        self._history_key = config.history_key
         self._histories: OrderedDict[str, History] = OrderedDict()
         self._counts = dict.fromkeys(
             ("lines", "blank", "unknown", "warming_up", "scored", "anomalies", "parameter",
@@ -244,7 +244,7 @@ class LogAnomalyPipeline:
             if template_id <= 0:
                 results[index] = self._unscored(line, template_id)
                 continue
-            key = line.origin if self._by_origin else line.source
+            key = self._key(line)
             past = histories.get(key)
             if past is None:
                 past = self._new_origin(key)
@@ -347,6 +347,14 @@ class LogAnomalyPipeline:
         return out
 
     # -- internals -----------------------------------------------------------------------
+
+    def _key(self, line: LogLine) -> str:
+        if self._history_key == "origin":
+            return line.origin
+        if self._history_key == "source":
+            return line.source
+        app = line.meta.app if line.meta is not None else None
+        return f"{line.origin}\x00{app}" if app else line.origin
 
     def _new_origin(self, key: str) -> History:
         if len(self._histories) >= self.config.max_origins:

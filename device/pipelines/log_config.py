@@ -37,9 +37,10 @@ class LogAnomalyPipelineConfig(BaseModel):
     #: Check numeric parameters against the ranges seen in training (when the bundle
     #: holds any).
     parameter_checks: bool = True
-    #: Whose lines form one sequence: each origin (file, journal, syslog peer) on its own,
-    #: or the whole source as one stream.
-    history_key: Literal["origin", "source"] = "origin"
+    #: Whose lines form one sequence: each origin (file, journal, syslog peer) on its own;
+    #: each origin and program (the syslog tag or journal identifier, where the line has
+    #: one: a host's syslog or journal interleaves many programs); or the whole source.
+    history_key: Literal["origin", "app", "source"] = "origin"
     #: Most histories scored in one model invocation.
     batch_size: int = Field(256, ge=1, le=8192)
     #: Scores remembered per (history, next template), and model outputs per history.
