@@ -34,8 +34,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from device.bundle.manifest import Manifest
 from device.bundle.reader import Bundle
-from device.errors import BundleIncompatibleError
+from device.errors import BundleIncompatibleError, BundleTaskError
 from device.logs.record import LogLine
 from device.pipelines.log_config import LogAnomalyPipelineConfig
 from device.pipelines.log_events import EventMapper, session_windows
@@ -150,15 +151,24 @@ class _ReportLimit:
         return False
 
 
-def check_log_bundle(bundle: Bundle, pipeline: str) -> None:
-    """Refuse a bundle a log pipeline cannot run (wrong task, or trained on sessions)."""
-    bundle.require_task(TASK)
-    spec, _ = log_model_parts(bundle.manifest)
+def check_log_manifest(manifest: Manifest, pipeline: str) -> None:
+    """Refuse a bundle a log pipeline cannot run (wrong task, or trained on sessions):
+    what the model store's compatibility check needs for log pipelines."""
+    if manifest.task != TASK:
+        raise BundleTaskError(
+            f"wrong task: {manifest.model_ref} is a {manifest.task} model, but pipeline "
+            f"{pipeline} runs {TASK}"
+        )
+    spec, _ = log_model_parts(manifest)
     if spec.input_format != "lines":
         raise BundleIncompatibleError(
-            f"{bundle.manifest.model_ref} was trained on sessions of event ids; pipeline "
+            f"{manifest.model_ref} was trained on sessions of event ids; pipeline "
             f"{pipeline} reads log lines and needs a model trained on *.log files"
         )
+
+
+def check_log_bundle(bundle: Bundle, pipeline: str) -> None:
+    check_log_manifest(bundle.manifest, pipeline)
 
 
 class LogAnomalyPipeline:
