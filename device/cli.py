@@ -200,6 +200,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 def _cmd_train_logs(args: argparse.Namespace) -> int:
     from training.train_logs import LogTrainOptions, train_log_anomaly
+    from training.versioning import timestamp_version
 
     options = LogTrainOptions(
         epochs=args.epochs,
@@ -212,6 +213,7 @@ def _cmd_train_logs(args: argparse.Namespace) -> int:
         input_format=args.format,
         train_fraction=args.train_fraction,
         patience=args.patience,
+        version=args.model_version or timestamp_version(),
         **({"name": args.name} if args.name else {}),
     )
     result = train_log_anomaly(args.data_dir, args.out, options)
@@ -238,6 +240,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             "log-anomaly"
         )
     from training.train_image import ImageTrainOptions, train_image_classifier
+    from training.versioning import timestamp_version
 
     options = ImageTrainOptions(
         epochs=args.epochs,
@@ -250,7 +253,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         blocks=args.blocks,
         patience=args.patience,
         warmup_epochs=args.warmup_epochs,
-        version=args.model_version or _timestamp_version(),
+        version=args.model_version or timestamp_version(),
         **({"name": args.name} if args.name else {}),
     )
     result = train_image_classifier(args.data_dir, args.out, options)
@@ -259,14 +262,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"model folder: {result.out_dir}\n"
     )
     return 0
-
-
-def _timestamp_version() -> str:
-    """A version that orders by training time and fits the manifest's version pattern:
-    a retrained model must not carry the same version as the one it replaces."""
-    import datetime
-
-    return datetime.datetime.now(datetime.UTC).strftime("%Y%m%d.%H%M%S")
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -399,7 +394,6 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--video", type=Path, help="video to feed (default: the demo sample)")
     bench.add_argument("--threads", type=int, default=2)
     bench.add_argument("--frames", type=int, default=200, help="frames (windows for sensors)")
-    bench.add_argument("--frames", type=int, default=200)
     bench.add_argument(
         "--log", type=Path, help="log bundles: a log file to score (default: generated lines)"
     )
