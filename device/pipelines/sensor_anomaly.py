@@ -11,7 +11,7 @@ anomalous.
 Debouncing counts *windows*, not seconds: the tracker runs on each series' window
 ordinal as its timeline, so ``min_windows`` anomalous windows in a row start an event
 and ``end_after_windows`` windows below the threshold end it, whatever the sample rate
-(the default, one window's length, keeps a spike crossing the window one event).
+(the default, two windows' length, keeps a spike crossing the window one event).
 Transitions are then given the data's own times: the window that caused them, and for
 the end the span of the whole stretch.
 """
@@ -215,7 +215,7 @@ class SensorAnomalyPipeline:
                 )
 
     def _event_section(self, config: SensorAnomalyPipelineConfig) -> EventSection:
-        end_after = config.end_after_windows or math.ceil(self.spec.window / self.spec.hop)
+        end_after = config.end_after_windows or 2 * math.ceil(self.spec.window / self.spec.hop)
         # Window ordinals are the trackers' timeline: "seconds" below count windows.
         return EventSection(
             min_frames=config.min_windows,
