@@ -214,6 +214,14 @@ def test_threshold_override_columns_and_series(sensor_model: Trained) -> None:
     assert stats.series == 1 and stats.unmatched_readings == 100
     filtered.set_threshold(0.5)
     assert filtered.threshold == 0.5
+    # A series forgotten (max_series) with its event open: the event ends.
+    crowded = _pipeline(sensor_model.bundle, max_series=1)
+    anomalies = spread_anomalies(600, ["drift"], lead=500, spacing=1, duration=100)
+    drifting = _readings(generate_series(600, anomalies, seed=9), "a")
+    opened = crowded.process(drifting)
+    assert [t.type for t in opened] == ["start"]
+    ended = crowded.process(_readings(series, "b")[:1])
+    assert [(t.type, t.series, t.event_id) for t in ended] == [("end", "a", opened[0].event_id)]
 
 
 def _irregular_csv(path: Path) -> Path:
