@@ -31,6 +31,7 @@ MIN_EVENT_PRECISION = 0.2
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(7200)  # 53 models trained and converted: 15 to 30 min on two cores
 def test_nab_recall_and_precision(tmp_path: Path) -> None:
     root = nab_dir()
     if not (root / "labels" / "combined_windows.json").is_file():
