@@ -396,19 +396,14 @@ class Daemon:
         """A record pipeline from its config table, its model loaded and smoke-tested."""
         config = self.config.pipelines[name]
         runtime = self.config.runtime
-        if isinstance(config, SensorAnomalyPipelineConfig):
+        if isinstance(config, SensorAnomalyPipelineConfig | LogAnomalyPipelineConfig):
             bundle = read_bundle(
                 config.model,
                 public_key=public_key_of(runtime),
                 max_model_bytes=max_model_bytes(runtime),
             )
-            return build_sensor_runner(name, config, bundle, runtime)
-        if isinstance(config, LogAnomalyPipelineConfig):
-            bundle = read_bundle(
-                config.model,
-                public_key=public_key_of(runtime),
-                max_model_bytes=max_model_bytes(runtime),
-            )
+            if isinstance(config, SensorAnomalyPipelineConfig):
+                return build_sensor_runner(name, config, bundle, runtime)
             return build_log_runner(name, config, bundle, runtime)
         raise ConfigError(
             f"pipelines.{name}: task {config.task!r} does not read record sources"

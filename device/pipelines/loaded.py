@@ -15,7 +15,7 @@ from device.config import ClassificationPipeline as PipelineConfig
 from device.config import RuntimeSection
 from device.mqtt.payloads import ModelRef, PipelineState
 from device.pipelines.classification import ClassificationPipeline
-from device.runtime import load_for_manifest
+from device.runtime import ModelRuntime, load_for_manifest
 
 log = logging.getLogger(__name__)
 
@@ -29,29 +29,52 @@ class LoadedPipeline:
     state: PipelineState
 
 
+@dataclass(frozen=True)
+class LoadedModel:
+    """A bundle's interpreter, checked and smoke-tested, and what the state topic says
+    of the pipeline that runs it: the same for every task."""
+
+    runtime: ModelRuntime
+    state: PipelineState
+
+    @property
+    def model(self) -> ModelRef:
+        return self.state.model
+
+
+def load_model(
+    name: str, source: str, task: str, bundle: Bundle, runtime_cfg: RuntimeSection
+) -> LoadedModel:
+    """Load ``bundle`` for pipeline ``name`` (BundleError subclasses for a wrong task,
+    tensors that disagree with the manifest, a failed smoke test)."""
+    bundle.require_task(task)
+    manifest = bundle.manifest
+    runtime = load_for_manifest(
+        manifest, bundle.model_bytes, runtime_cfg.threads, runtime_cfg.edgetpu
+    )
+    model = ModelRef(name=manifest.name, version=manifest.version, sha256=manifest.model.sha256)
+    state = PipelineState(
+        name=name,
+        source=source,
+        task=manifest.task,
+        model=model,
+        runtime=runtime.backend.name,
+        edgetpu=runtime.on_edgetpu,
+        threads=runtime_cfg.threads,
+    )
+    return LoadedModel(runtime, state)
+
+
 def build_pipeline(
     name: str, config: PipelineConfig, bundle: Bundle, runtime_cfg: RuntimeSection
 ) -> LoadedPipeline:
     """Load and smoke-test ``bundle`` for pipeline ``name``; raises BundleError subclasses
     (task, tensors, smoke test) and ConfigError (labels the model lacks)."""
-    bundle.require_task(config.task)
-    runtime = load_for_manifest(
-        bundle.manifest, bundle.model_bytes, runtime_cfg.threads, runtime_cfg.edgetpu
-    )
-    manifest = bundle.manifest
-    model = ModelRef(name=manifest.name, version=manifest.version, sha256=manifest.model.sha256)
+    loaded = load_model(name, config.source, config.task, bundle, runtime_cfg)
     return LoadedPipeline(
         name=name,
         source=config.source,
-        pipeline=ClassificationPipeline(name, config, bundle, runtime),
-        model=model,
-        state=PipelineState(
-            name=name,
-            source=config.source,
-            task=manifest.task,
-            model=model,
-            runtime=runtime.backend.name,
-            edgetpu=runtime.on_edgetpu,
-            threads=runtime_cfg.threads,
-        ),
+        pipeline=ClassificationPipeline(name, config, bundle, loaded.runtime),
+        model=loaded.model,
+        state=loaded.state,
     )

@@ -15,11 +15,11 @@ from device.bundle.reader import Bundle
 from device.config import RuntimeSection
 from device.latency import LatencyWindow
 from device.logs.record import LogLine
-from device.mqtt.payloads import LogDetails, ModelRef, PipelineState
+from device.mqtt.payloads import LogDetails, PipelineState
+from device.pipelines.loaded import load_model
 from device.pipelines.log_anomaly import LogAnomalyPipeline, LogScore
 from device.pipelines.log_config import LogAnomalyPipelineConfig
 from device.record_worker import EventDraft
-from device.runtime import load_for_manifest
 
 LABEL = "anomaly"
 #: Longest line carried in an event; the rest is cut (``truncated`` says so).
@@ -76,19 +76,5 @@ def build_log_runner(
     name: str, config: LogAnomalyPipelineConfig, bundle: Bundle, runtime_cfg: RuntimeSection
 ) -> LogAnomalyRunner:
     """Load and smoke-test the bundle, then the pipeline over it."""
-    bundle.require_task(config.task)
-    runtime = load_for_manifest(
-        bundle.manifest, bundle.model_bytes, runtime_cfg.threads, runtime_cfg.edgetpu
-    )
-    manifest = bundle.manifest
-    model = ModelRef(name=manifest.name, version=manifest.version, sha256=manifest.model.sha256)
-    state = PipelineState(
-        name=name,
-        source=config.source,
-        task=manifest.task,
-        model=model,
-        runtime=runtime.backend.name,
-        edgetpu=runtime.on_edgetpu,
-        threads=runtime_cfg.threads,
-    )
-    return LogAnomalyRunner(LogAnomalyPipeline(name, config, bundle, runtime), state)
+    loaded = load_model(name, config.source, config.task, bundle, runtime_cfg)
+    return LogAnomalyRunner(LogAnomalyPipeline(name, config, bundle, loaded.runtime), loaded.state)

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from device.bundle.reader import Bundle
 from device.config import RuntimeSection
 from device.latency import LatencyWindow
-from device.mqtt.payloads import ModelRef, PipelineState
+from device.mqtt.payloads import PipelineState
+from device.pipelines.loaded import load_model
 from device.pipelines.sensor_anomaly import SensorAnomalyPipeline, SensorTransition
 from device.record_worker import EventDraft
-from device.runtime import load_for_manifest
 from device.sensors.config import SensorAnomalyPipelineConfig
 from device.sensors.reading import Reading
 
@@ -59,19 +59,6 @@ def build_sensor_runner(
     name: str, config: SensorAnomalyPipelineConfig, bundle: Bundle, runtime_cfg: RuntimeSection
 ) -> SensorAnomalyRunner:
     """Load and smoke-test the bundle, then the pipeline over it."""
-    bundle.require_task(config.task)
-    runtime = load_for_manifest(
-        bundle.manifest, bundle.model_bytes, runtime_cfg.threads, runtime_cfg.edgetpu
-    )
-    manifest = bundle.manifest
-    model = ModelRef(name=manifest.name, version=manifest.version, sha256=manifest.model.sha256)
-    state = PipelineState(
-        name=name,
-        source=config.source,
-        task=manifest.task,
-        model=model,
-        runtime=runtime.backend.name,
-        edgetpu=runtime.on_edgetpu,
-        threads=runtime_cfg.threads,
-    )
-    return SensorAnomalyRunner(SensorAnomalyPipeline(name, config, bundle, runtime), state)
+    loaded = load_model(name, config.source, config.task, bundle, runtime_cfg)
+    pipeline = SensorAnomalyPipeline(name, config, bundle, loaded.runtime)
+    return SensorAnomalyRunner(pipeline, loaded.state)
