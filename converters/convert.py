@@ -28,7 +28,7 @@ from converters.keras_to_tflite import (
     load_keras_model,
     to_tflite,
 )
-from converters.model_dir import MODEL_FILE, TrainedModelInfo, read_info
+from converters.model_dir import MODEL_FILE, TrainedModelInfo, image_spec, read_info
 from converters.parity import HeldoutSet, LevelParity, measure_level, reference_heldout
 from device.bundle.manifest import (
     SCHEMA_VERSION,
@@ -210,7 +210,14 @@ def convert_model(
 ) -> ConversionResult:
     """Convert, measure, write and self-check one bundle; see the module docstring."""
     info = read_info(model_dir)
-    spec = info.preprocessing
+    if info.task == "audio-classification":
+        from converters.convert_audio import convert_audio_model
+
+        return convert_audio_model(
+            model_dir, info, level, out, calibration_dir=calibration_dir, sign_key=sign_key,
+            threads=threads,
+        )  # fmt: skip
+    spec = image_spec(info)
     signing_key = load_private_key(sign_key) if sign_key is not None else None
     representative = None
     calibration_name = ""

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from converters.calibration import calibration_samples, representative_inputs
 from converters.keras_to_tflite import FULL_INTEGER_LEVELS, load_keras_model, to_tflite
-from converters.model_dir import HELDOUT_FILE, MODEL_FILE, read_info, read_samples
+from converters.model_dir import HELDOUT_FILE, MODEL_FILE, image_spec, read_info, read_samples
 from device.bundle.manifest import ImagePreprocessing, LevelMetrics, QuantMode
 from device.errors import DatasetError
 from device.preprocessing.image import normalise
@@ -144,12 +144,13 @@ def parity_report(
     same integer arithmetic, and a compiled model cannot run without the accelerator.
     """
     info = read_info(model_dir)
+    spec = image_spec(info)
     model = load_keras_model(model_dir / MODEL_FILE)
-    heldout = reference_heldout(model, model_dir, info.preprocessing)
+    heldout = reference_heldout(model, model_dir, spec)
     representative = None
     if any(level in FULL_INTEGER_LEVELS for level in levels):
-        samples = calibration_samples(model_dir, info.preprocessing, calibration_dir)
-        representative = representative_inputs(samples, info.preprocessing)
+        samples = calibration_samples(model_dir, spec, calibration_dir)
+        representative = representative_inputs(samples, spec)
     rows: list[LevelParity] = []
     for level in tqdm(levels, desc="levels", unit="level", disable=None):
         model_bytes = to_tflite(model, level, representative)

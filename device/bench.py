@@ -17,6 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from device.bundle.manifest import ImagePreprocessing
 from device.bundle.reader import read_bundle
 from device.config import CameraSource
 from device.config import ClassificationPipeline as PipelineConfig
@@ -102,7 +103,8 @@ def _naive_loop(
     runtime: ModelRuntime, bundle_path: Path, video: Path, frames: int
 ) -> tuple[float, int]:
     """Decode, resize, invoke, strictly one after another: the baseline to beat."""
-    manifest = read_bundle(bundle_path).manifest
+    spec = read_bundle(bundle_path).manifest.preprocessing
+    assert isinstance(spec, ImagePreprocessing)  # run_bench required an image classifier
     capture = cv2.VideoCapture(str(video))
     frame: UInt8Image
     done = 0
@@ -115,7 +117,7 @@ def _naive_loop(
                 ok, frame = capture.read()
                 if not ok:
                     break
-            runtime.invoke([frame_to_input(frame, manifest.preprocessing)])
+            runtime.invoke([frame_to_input(frame, spec)])
             done += 1
     finally:
         capture.release()

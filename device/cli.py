@@ -37,6 +37,25 @@ def _positive_int(value: str) -> int:
     return int(value)
 
 
+class _ExplicitInt(argparse.Action):
+    """Stores an int and remembers that the user gave it, for options whose default
+    differs by task (``_given``)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"_{self.dest}_given", True)
+
+
+def _given(args: argparse.Namespace, dest: str) -> bool:
+    return bool(getattr(args, f"_{dest}_given", False))
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from device.config import load_config
     from device.daemon import run_daemon
@@ -122,6 +141,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    from device.bundle.reader import read_bundle
+
+    if read_bundle(args.bundle).manifest.task == "audio-classification":
+        from device.audio.bench import render_audio_bench, run_audio_bench
+
+        audio = run_audio_bench(args.bundle, args.audio, threads=args.threads,
+                                seconds=args.seconds)  # fmt: skip
+        sys.stdout.write(
+            (json.dumps(audio.to_dict(), indent=2) if args.json else render_audio_bench(audio))
+            + "\n"
+        )
+        return 0
     from device.bench import render_bench, run_bench
 
     result = run_bench(args.bundle, video=args.video, threads=args.threads, frames=args.frames)
@@ -179,7 +210,32 @@ def _cmd_push(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_train_audio(args: argparse.Namespace) -> int:
+    from training.train_audio import AudioTrainOptions, train_audio_classifier
+
+    defaults = AudioTrainOptions()
+    options = AudioTrainOptions(
+        epochs=args.epochs if _given(args, "epochs") else defaults.epochs,
+        seed=args.seed,
+        batch_size=args.batch_size or defaults.batch_size,
+        features=args.features,
+        width=args.width,
+        keywords=tuple(k for k in args.keywords.split(",") if k) if args.keywords else None,
+        version=args.model_version or _timestamp_version(),
+        **({"name": args.name} if args.name else {}),
+    )
+    result = train_audio_classifier(args.data_dir, args.out, options)
+    sys.stdout.write(
+        f"trained {result.epochs_run} epochs on {result.train_clips} clips; held-out "
+        f"speakers: accuracy {result.test_accuracy:.3f} on {result.test_clips} clips "
+        f"(validation speakers {result.val_accuracy:.3f})\nmodel folder: {result.out_dir}\n"
+    )
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
+    if args.task == "audio-classification":
+        return _cmd_train_audio(args)
     if args.task != "image-classification":
         raise EdgewatchError(
             f"training for {args.task} is not available yet; supported: image-classification"
@@ -193,7 +249,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         alpha=args.alpha,
         color=args.color,
         pretrained=args.pretrained,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size or 32,
         blocks=args.blocks,
         patience=args.patience,
         warmup_epochs=args.warmup_epochs,
@@ -331,6 +387,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--video", type=Path, help="video to feed (default: the demo sample)")
     bench.add_argument("--threads", type=int, default=2)
     bench.add_argument("--frames", type=int, default=200)
+    bench.add_argument(
+        "--audio", type=Path, help="audio bundles: a recording to feed (default: generated)"
+    )
+    bench.add_argument(
+        "--seconds", type=float, default=60.0, help="audio bundles: generated audio length"
+    )
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(handler=_cmd_bench)
 
@@ -397,12 +459,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("data_dir", type=Path)
     train.add_argument("--out", type=Path, required=True)
-    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument(
+        "--epochs", type=int, default=30, action=_ExplicitInt,
+        help="most epochs (default 30; 80 for audio, where early stopping usually ends sooner)",
+    )  # fmt: skip
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--input-size", type=int, default=96)
     train.add_argument("--alpha", type=float, default=0.5, help="width multiplier")
     train.add_argument("--color", choices=["rgb", "grey"], default="rgb")
-    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--batch-size", type=int, default=None,
+                       help="default 32 for images, 64 for audio")  # fmt: skip
     train.add_argument("--pretrained", choices=["imagenet"], default=None)
     train.add_argument(
         "--blocks", type=int, default=10, help="separable blocks (fewer for small inputs)"
@@ -418,6 +484,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--model-version",
         help="model version (default: the UTC time, YYYYMMDD.HHMMSS, so each run differs)",
     )
+    audio = train.add_argument_group("audio-classification")
+    audio.add_argument(
+        "--keywords",
+        help="comma-separated word folders to keep as classes; other words become _unknown_ "
+        "(default: every folder is a class)",
+    )
+    audio.add_argument("--features", choices=["mfcc", "log-mel"], default="mfcc")
+    audio.add_argument("--width", type=int, default=64, help="DS-CNN filters (64: DS-CNN-S)")
     train.set_defaults(handler=_cmd_train)
 
     convert = sub.add_parser("convert", help="Keras model folder → .ewm bundle")

@@ -90,3 +90,25 @@ def int8_bundle(trained_model_dir: Path, tmp_path_factory: pytest.TempPathFactor
     out = tmp_path_factory.mktemp("bundles") / "shapes-int8.ewm"
     convert_model(trained_model_dir, "int8", out)
     return out
+
+
+@pytest.fixture(scope="session")
+def keyword_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny keyword model (yes, stop, left, _unknown_, _silence_) trained on espeak-ng
+    speech and generated noise; the folder it was trained on is its parent's ``data``."""
+    from tests.helpers_audio import make_keyword_model_dir
+    from training.synthetic.speech import espeak_available
+
+    if not espeak_available():
+        pytest.fail("espeak-ng is not installed; `make test` installs it with apt-get")
+    return make_keyword_model_dir(tmp_path_factory.mktemp("keywords"))
+
+
+@pytest.fixture(scope="session")
+def keyword_bundle(keyword_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The keyword model converted to int8."""
+    from converters.convert import convert_model
+
+    out = tmp_path_factory.mktemp("audio-bundles") / "keywords-int8.ewm"
+    convert_model(keyword_model_dir, "int8", out)
+    return out

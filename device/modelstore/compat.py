@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 
-from device.bundle.manifest import Manifest
+from device.bundle.manifest import ImagePreprocessing, Manifest
 from device.config import ClassificationPipeline as PipelineConfig
 from device.errors import BundleIncompatibleError, BundleTaskError
 
@@ -44,6 +44,8 @@ def check_compatible(manifest: Manifest, pipeline: str, config: PipelineConfig) 
             f"{pipeline} feeds exactly one image"
         )
     spec = manifest.preprocessing
+    if not isinstance(spec, ImagePreprocessing):  # only a sensor-anomaly manifest has another
+        raise BundleTaskError(f"wrong task: {ref} does not take images")
     channels = 1 if spec.color == "grey" else 3
     expected = (1, spec.height, spec.width, channels)
     tensor = manifest.inputs[0]

@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from device.bundle.manifest import ImagePreprocessing, TensorSpec
+from device.bundle.manifest import ClassificationDecoding, ImagePreprocessing, TensorSpec
 from device.bundle.reader import Bundle
 from device.config import ClassificationPipeline as ClassificationConfig
-from device.errors import ConfigError, ModelMismatchError
+from device.errors import BundleTaskError, ConfigError, ModelMismatchError
 from device.latency import LatencySummary, LatencyWindow
 from device.pipelines.lifecycle import EventTracker, Transition, WallClock
 from device.preprocessing.image import normalise, resize_frame
@@ -87,6 +87,10 @@ class ClassificationPipeline:
         self.manifest = manifest
         self.runtime = runtime
         self.labels: tuple[str, ...] = manifest.labels
+        if not isinstance(manifest.preprocessing, ImagePreprocessing) or not isinstance(
+            manifest.decoding, ClassificationDecoding
+        ):
+            raise BundleTaskError(f"{manifest.model_ref} is not an image classifier")
         self.spec: ImagePreprocessing = manifest.preprocessing
         self._check_labels()
         self._check_output()
