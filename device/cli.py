@@ -219,7 +219,8 @@ def _cmd_train_audio(args: argparse.Namespace) -> int:
         seed=args.seed,
         batch_size=args.batch_size or defaults.batch_size,
         features=args.features,
-        width=args.width,
+        width=args.width or defaults.width,
+        synthetic_voices=args.synthetic_voices,
         keywords=tuple(k for k in args.keywords.split(",") if k) if args.keywords else None,
         version=args.model_version or _timestamp_version(),
         **({"name": args.name} if args.name else {}),
@@ -491,7 +492,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: every folder is a class)",
     )
     audio.add_argument("--features", choices=["mfcc", "log-mel"], default="mfcc")
-    audio.add_argument("--width", type=int, default=64, help="DS-CNN filters (64: DS-CNN-S)")
+    audio.add_argument(
+        "--width", type=int, default=None, help="DS-CNN filters (default 128; 64: DS-CNN-S)"
+    )
+    audio.add_argument(
+        "--synthetic-voices", type=int, default=0, metavar="N",
+        help="add every keyword spoken by N espeak-ng voice settings (and as many other "
+        "words as _unknown_) to the training split; needs espeak-ng (default 0)",
+    )  # fmt: skip
     train.set_defaults(handler=_cmd_train)
 
     convert = sub.add_parser("convert", help="Keras model folder → .ewm bundle")

@@ -86,14 +86,19 @@ class AudioTrainOptions:
     hop_ms: float = 20.0
     fmin: float = 20.0
     fmax: float = 4000.0
-    #: DS-CNN width (filters) and depthwise-separable blocks (64/4 is DS-CNN-S).
-    width: int = 64
+    #: DS-CNN width (filters) and depthwise-separable blocks (64/4 is DS-CNN-S). 128
+    #: filters: on Speech Commands' validation speakers 0.845 against 0.783 for 64, at
+    #: about 9 M multiply-adds a window (well inside the real-time budget).
+    width: int = 128
     blocks: int = 4
     dropout: float = 0.2
     learning_rate: float = 3e-3
     label_smoothing: float = 0.1
+    #: Mixup: each batch is blended with a shuffled copy of itself, features and labels,
+    #: by a Beta(mixup, mixup) weight; 0 turns it off.
+    mixup: float = 0.0
     #: Epochs without a validation-loss gain before stopping (best weights restored).
-    patience: int = 15
+    patience: int = 25
     warmup_epochs: int = 10
     val_fraction: float = 0.1
     test_fraction: float = 0.15
@@ -105,6 +110,10 @@ class AudioTrainOptions:
     #: Add generated noise colours to the noise bank (always, when the folder has no
     #: ``_background_noise_`` and no ``_silence_`` to take noise from).
     generated_noise: bool = True
+    #: espeak-ng voice settings that speak every keyword (and as many other words, as
+    #: ``_unknown_``) into the training split only; 0: none. Augmentation, never
+    #: evaluation: validation and test stay real recordings.
+    synthetic_voices: int = 0
     name: str | None = None
     version: str = "1"
     progress: bool = True
@@ -232,6 +241,8 @@ def load_audio_dataset(data_dir: Path, options: AudioTrainOptions) -> AudioDatas
     if options.generated_noise or not noises:
         noises += noise_bank(GENERATED_NOISE_S, rng, spec.sample_rate)
     bank = tuple(noises)
+    if options.synthetic_voices:
+        train = _concat(train, _synthetic(labels, options, spec.clip_samples, rng))
     if generated_silence:
         counts = np.bincount(train.y, minlength=len(labels))
         average = int(np.mean(counts[counts > 0]))
@@ -253,6 +264,24 @@ def load_audio_dataset(data_dir: Path, options: AudioTrainOptions) -> AudioDatas
             for name, part in (("train", split.train), ("val", split.val), ("test", split.test))
         },
     )
+
+
+def _synthetic(
+    labels: tuple[str, ...], options: AudioTrainOptions, length: int, rng: np.random.Generator
+) -> LoadedClips:
+    from training.synthetic.speech import espeak_available, synthetic_clips, synthetic_voices
+
+    if not espeak_available():
+        raise EdgewatchError(
+            "synthetic voices need espeak-ng (sudo apt-get install espeak-ng), or train "
+            "without them"
+        )
+    voices = synthetic_voices(options.synthetic_voices, rng)
+    clips, y = synthetic_clips(labels, voices, clip_samples=length,
+                               sample_rate=options.sample_rate, rng=rng)  # fmt: skip
+    log.info("added %d espeak-ng clips (%d voice settings) to the training split", len(y),
+             len(voices))  # fmt: skip
+    return LoadedClips(x=clips, y=y, files=(), skipped=())
 
 
 def _concat(a: LoadedClips, b: LoadedClips) -> LoadedClips:
@@ -290,6 +319,7 @@ def training_batches(
     augmentation: AudioAugmentation | None,
     weights: FloatArray | None,
     classes: int,
+    mixup: float = 0.0,
 ) -> Iterator[tuple[FloatArray, FloatArray, FloatArray]]:
     """Endless (features, one-hot labels, sample weights) batches, epoch after epoch;
     augmentation draws are a function of the seed alone."""
@@ -315,8 +345,21 @@ def training_batches(
             if augmentation is not None:
                 features = augmentation.features(features, rng)
             w = weights[y] if weights is not None else np.ones(len(y), dtype=np.float32)
-            yield features[..., np.newaxis], eye[y], w.astype(np.float32)
+            targets = eye[y]
+            if mixup > 0:
+                share = rng.beta(mixup, mixup, size=len(y)).astype(np.float32)
+                partner = rng.permutation(len(y))
+                features = _blend(features, features[partner], share)
+                targets = _blend(targets, targets[partner], share)
+                w = _blend(w, w[partner], share)
+            yield features[..., np.newaxis], targets, w.astype(np.float32)
         epoch += 1
+
+
+def _blend(a: FloatArray, b: FloatArray, share: FloatArray) -> FloatArray:
+    weight = share.reshape(-1, *([1] * (a.ndim - 1)))
+    blended: FloatArray = (weight * a + (1.0 - weight) * b).astype(np.float32)
+    return blended
 
 
 def train_audio_classifier(
@@ -390,6 +433,7 @@ def _fit(
         training_batches(
             dataset, extractor, batch_size=batch, seed=options.seed,
             augmentation=options.augmentation, weights=weights, classes=classes,
+            mixup=options.mixup,
         ),
         steps_per_epoch=steps,
         epochs=options.epochs,
@@ -439,6 +483,8 @@ def _write_outputs(
         "val_speakers": str(dataset.speakers["val"]),
         "test_speakers": str(dataset.speakers["test"]),
         "generated_silence": str(dataset.generated_silence).lower(),
+        "synthetic_voices": str(options.synthetic_voices),
+        "mixup": str(options.mixup),
         "noise_recordings": str(len(dataset.noises)),
         "epochs_requested": str(options.epochs),
         "epochs_run": str(epochs_run),

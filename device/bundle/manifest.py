@@ -240,10 +240,10 @@ class Manifest(_Frozen):
         for label in self.decoding.background_labels:
             if label not in self.labels:
                 raise ValueError(f"background label {label!r} is not one of the labels")
-        if isinstance(self.preprocessing, AudioPreprocessing) != (
-            self.task == "audio-classification"
+        if isinstance(self.preprocessing, AudioPreprocessing) and (
+            self.task != "audio-classification"
         ):
-            raise ValueError("audio preprocessing belongs with task audio-classification, only")
+            raise ValueError("audio preprocessing belongs in an audio-classification manifest")
         return self
 
     def canonical_bytes(self) -> bytes:

@@ -159,3 +159,58 @@ def centred(audio: FloatArray, length: int) -> FloatArray:
     offset = (length - audio.shape[0]) // 2
     out[offset : offset + audio.shape[0]] = audio
     return out
+
+
+#: Words that are none of Speech Commands' ten keywords: its own auxiliary words and a
+#: few more short, common ones (spoken as ``_unknown_`` examples).
+OTHER_WORDS: tuple[str, ...] = (
+    "bed", "bird", "cat", "dog", "eight", "five", "four", "happy", "house", "marvin",
+    "nine", "one", "seven", "sheila", "six", "three", "tree", "two", "wow", "zero",
+    "backward", "forward", "follow", "learn", "visual", "yellow", "water", "open", "light",
+    "door", "bye", "dad", "less", "top", "gone", "know", "sit", "red", "dawn", "own",
+)  # fmt: skip
+
+
+def synthetic_voices(count: int, rng: np.random.Generator) -> list[Voice]:
+    """``count`` voice settings drawn from VOICES, speeds 110-210, pitches 20-80."""
+    return [
+        Voice(
+            VOICES[int(rng.integers(len(VOICES)))],
+            int(rng.integers(110, 211)),
+            int(rng.integers(20, 81)),
+        )
+        for _ in range(count)
+    ]
+
+
+def synthetic_clips(
+    labels: Sequence[str],
+    voices: Sequence[Voice],
+    *,
+    clip_samples: int,
+    sample_rate: int = 16_000,
+    unknown_label: str | None = "_unknown_",
+    other_words: Sequence[str] = OTHER_WORDS,
+    rng: np.random.Generator,
+) -> tuple[FloatArray, np.ndarray[Any, np.dtype[np.int64]]]:
+    """Every speakable label (letters only, e.g. "yes") spoken by every voice, plus as
+    many ``other_words`` (as ``unknown_label``) as there are keywords, for training-time
+    augmentation. Returns (clips, label indices)."""
+    keywords = [label for label in labels if label.isalpha()]
+    others = [w for w in other_words if w not in labels]
+    clips: list[FloatArray] = []
+    y: list[int] = []
+    for voice in voices:
+        extra: list[str] = []
+        if unknown_label in labels and others:
+            picks = rng.choice(len(others), size=min(len(keywords), len(others)), replace=False)
+            extra = [others[int(i)] for i in picks]
+        spoken = speak_words([*keywords, *extra], voice, sample_rate)
+        for word, audio in spoken.items():
+            label = word if word in keywords else unknown_label
+            assert label is not None
+            clips.append(centred(audio, clip_samples))
+            y.append(labels.index(label))
+    if not clips:
+        return np.zeros((0, clip_samples), dtype=np.float32), np.zeros(0, dtype=np.int64)
+    return np.stack(clips).astype(np.float32), np.asarray(y, dtype=np.int64)
