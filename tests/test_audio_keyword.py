@@ -15,12 +15,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from device.audio.config import AudioSourceConfig, KeywordEvents, KeywordPipelineConfig
 from device.audio.features import FeatureExtractor
 from device.audio.resample import resample_clip
 from device.audio.stream import AudioChunk, AudioStream
-from device.bundle.manifest import AudioPreprocessing
+from device.audio.wire import audio_window
+from device.bundle.manifest import AudioPreprocessing, Manifest
 from device.bundle.reader import Bundle, read_bundle
 from device.errors import ConfigError, SourceError
 from device.pipelines.keyword import KeywordDetection, KeywordPipeline
@@ -110,6 +112,10 @@ def test_each_keyword_reported_once_where_it_was_said(
     match(detections, placements)
     first = min(detections, key=lambda d: d.window_start_s)
     assert first.started_at == pytest.approx(1_700_000_000.0 + first.window_start_s)
+    wire = audio_window(first)
+    assert wire.start == first.started_at and wire.offset_s == first.window_start_s
+    assert wire.speech_start == pytest.approx(1_700_000_000.0 + first.speech_start_s)
+    assert json.loads(wire.model_dump_json())["windows"] == first.windows
     stats = pipeline.stats()
     assert stats.detections == len(placements) and stats.gated == 0
     assert stats.audio_s == pytest.approx(audio.size / RATE)
@@ -248,6 +254,9 @@ def test_bundle_evaluate_and_bench(keyword_bundle: Path, keyword_model_dir: Path
     assert isinstance(manifest.preprocessing, AudioPreprocessing) and manifest.preprocessing.mean
     assert set(manifest.decoding.background_labels) == {"_silence_", "_unknown_"}
     assert manifest.inputs[0].shape == (1, 49, 10, 1) and manifest.inputs[0].dtype == "int8"
+    document = manifest.model_dump(mode="json", by_alias=True)
+    with pytest.raises(ValidationError, match="audio preprocessing"):
+        Manifest.model_validate({**document, "task": "image-classification"})
 
     out = io.StringIO()
     with redirect_stdout(out):

@@ -102,6 +102,9 @@ def test_trained_folder_holds_what_convert_needs(keyword_model_dir: Path) -> Non
     heldout = read_feature_samples(keyword_model_dir / "heldout.npz")
     assert heldout.x.shape[1:] == spec.input_shape and heldout.y is not None
     assert set(heldout.y.tolist()) >= {0}  # generated silence is held out too
+    listed = (keyword_model_dir / "heldout_files.txt").read_text().splitlines()
+    assert listed and all((keyword_model_dir.parent / "data" / line).is_file() for line in listed)
+    assert len(listed) == int((heldout.y != 0).sum())  # every held-out clip but silence
     calibration = read_feature_samples(keyword_model_dir / "calibration.npz")
     assert calibration.y is None and len(calibration) > 50
     report = json.loads((keyword_model_dir / "report" / "report.json").read_text())

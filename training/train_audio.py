@@ -65,6 +65,9 @@ log = logging.getLogger(__name__)
 FloatArray = np.ndarray[Any, np.dtype[np.float32]]
 IntArray = np.ndarray[Any, np.dtype[np.int64]]
 CALIBRATION_SAMPLES = 300
+#: In the model folder: the held-out (test) speakers' clips, one path a line, relative
+#: to the data folder, so `edgewatch evaluate` can be pointed at exactly those.
+HELDOUT_LIST = "heldout_files.txt"
 #: Seconds of each generated noise colour in the noise bank.
 GENERATED_NOISE_S = 20.0
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
@@ -509,6 +512,10 @@ def _write_outputs(
     )
     write_info(out_dir, info)
     write_feature_samples(out_dir / HELDOUT_FILE, FeatureSamples(x=test_x, y=dataset.test.y))
+    (out_dir / HELDOUT_LIST).write_text(
+        "".join(f"{p.relative_to(dataset.root).as_posix()}\n" for p in dataset.test.files),
+        encoding="utf-8",
+    )
     chosen = np.sort(
         np.random.default_rng([options.seed, 2]).choice(
             len(dataset.train), min(CALIBRATION_SAMPLES, len(dataset.train)), replace=False
