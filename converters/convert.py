@@ -217,6 +217,20 @@ def convert_model(
             model_dir, info, level, out, calibration_dir=calibration_dir, sign_key=sign_key,
             threads=threads,
         )  # fmt: skip
+    if info.task == "sensor-anomaly":
+        from converters.sensor_convert import convert_sensor_model
+
+        return convert_sensor_model(
+            model_dir, level, out, calibration_dir=calibration_dir, sign_key=sign_key,
+            threads=threads,
+        )  # fmt: skip
+    if info.task == "log-anomaly":
+        from converters.convert_logs import convert_log_model
+
+        return convert_log_model(
+            model_dir, info, level, out, calibration_dir=calibration_dir, sign_key=sign_key,
+            threads=threads,
+        )  # fmt: skip
     spec = image_spec(info)
     signing_key = load_private_key(sign_key) if sign_key is not None else None
     representative = None

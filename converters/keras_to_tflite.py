@@ -60,10 +60,17 @@ def load_keras_model(path: Path) -> Any:
         raise DatasetError(f"{path} is not a loadable Keras model: {exc}") from exc
 
 
-def _batched(samples: list[np.ndarray[Any, Any]]) -> Iterator[list[np.ndarray[Any, Any]]]:
+def _batched(
+    samples: list[np.ndarray[Any, Any]], rank: int
+) -> Iterator[list[np.ndarray[Any, Any]]]:
+    """Each sample as a batch of one: a sample of the input's rank (batch included) is
+    taken as it is, one without the batch axis gets it (an HWC image, a window)."""
     for sample in samples:
-        array = np.asarray(sample, dtype=np.float32)
-        yield [array if array.ndim == 4 else array[np.newaxis, ...]]
+        array = np.asarray(sample)
+        if not np.issubdtype(array.dtype, np.integer):
+            # Integer samples are event ids for an int32 input (log models): kept as they are.
+            array = array.astype(np.float32)
+        yield [array if array.ndim == rank else array[np.newaxis, ...]]
 
 
 def to_tflite(
@@ -93,7 +100,8 @@ def to_tflite(
                 "pass --calibration DIR with images, or keep calibration.npz in the model folder"
             )
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: _batched(samples)
+        rank = len(model.inputs[0].shape)
+        converter.representative_dataset = lambda: _batched(samples, rank)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8

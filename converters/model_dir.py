@@ -16,6 +16,10 @@ For audio models (``AudioPreprocessing``) ``heldout.npz`` and ``calibration.npz`
 the model's float32 input features instead (``x`` of shape (n, frames, coefficients,
 1), computed by ``device.audio.features``), read with ``read_feature_samples``.
 
+For sensor-anomaly models ``heldout.npz`` and ``calibration.npz`` hold float32 windows
+(``x``: N x window x columns, already scaled by the device's own windowing code):
+validation windows, and the training windows the threshold is calibrated on.
+
 npz files are read with ``allow_pickle=False``.
 """
 
@@ -29,7 +33,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from device.bundle.manifest import ImagePreprocessing, Preprocessing, Task
+from device.bundle.manifest import Decoding, ImagePreprocessing, Preprocessing, Task
 from device.errors import DatasetError
 
 MODEL_FILE = "model.keras"
@@ -37,6 +41,19 @@ INFO_FILE = "model_info.json"
 HELDOUT_FILE = "heldout.npz"
 CALIBRATION_FILE = "calibration.npz"
 REPORT_DIR = "report"
+
+
+class AnomalyCalibration(BaseModel):
+    """How the threshold of an anomaly model is calibrated (device/sensors/scoring.py):
+    ``quantile`` of the calibration windows' scores times ``margin``. The converter
+    applies the rule again to the converted model's own scores."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    quantile: float = Field(gt=0.0, le=1.0)
+    margin: float = Field(gt=0.0)
+    #: What the rule gave with the Keras model's scores at training time.
+    threshold: float = Field(gt=0.0)
 
 
 class TrainedModelInfo(BaseModel):
@@ -50,6 +67,12 @@ class TrainedModelInfo(BaseModel):
     task: Task
     labels: tuple[str, ...]
     preprocessing: Preprocessing
+    #: The manifest's decoding for models that are not classifiers (None: classification
+    #: from ``outputs_probabilities`` and ``background_labels``).
+    decoding: Decoding | None = None
+    #: Sensor-anomaly models: the threshold rule (the converter builds the decoding with
+    #: a threshold calibrated on the converted model).
+    anomaly: AnomalyCalibration | None = None
     #: Labels that mean "nothing there" and never become events.
     background_labels: tuple[str, ...] = ()
     #: Whether the model's output already is a probability distribution (ends in softmax).
@@ -138,3 +161,21 @@ def read_samples(path: Path) -> SampleSet:
         x = data["x"].astype(np.uint8)
         y = data["y"].astype(np.int64) if "y" in data.files else None
     return SampleSet(x=x, y=y)
+
+
+def write_windows(path: Path, windows: np.ndarray[Any, np.dtype[np.float32]]) -> None:
+    """Sensor windows (N x window x columns, float32) as ``x`` in an npz file."""
+    np.savez_compressed(path, x=np.asarray(windows, dtype=np.float32))
+
+
+def read_windows(path: Path) -> np.ndarray[Any, np.dtype[np.float32]]:
+    if not path.is_file():
+        raise DatasetError(f"{path} is missing; re-run `edgewatch train` to produce it")
+    with np.load(path, allow_pickle=False) as data:
+        windows = np.asarray(data["x"], dtype=np.float32)
+    if windows.ndim != 3 or len(windows) == 0:
+        raise DatasetError(
+            f"{path} holds {windows.shape} instead of sensor windows (N x window x columns); "
+            "re-run `edgewatch train sensor-anomaly`"
+        )
+    return windows

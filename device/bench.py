@@ -17,12 +17,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from device.bundle.manifest import ImagePreprocessing
 from device.bundle.reader import read_bundle
 from device.config import CameraSource
 from device.config import ClassificationPipeline as PipelineConfig
 from device.demo import DEMO_DIR
-from device.errors import SourceError
+from device.errors import BundleTaskError, SourceError
 from device.pipelines.classification import ClassificationPipeline
 from device.preprocessing.image import UInt8Image, frame_to_input
 from device.runtime import ModelRuntime, load_for_manifest, quantize
@@ -103,8 +102,11 @@ def _naive_loop(
     runtime: ModelRuntime, bundle_path: Path, video: Path, frames: int
 ) -> tuple[float, int]:
     """Decode, resize, invoke, strictly one after another: the baseline to beat."""
-    spec = read_bundle(bundle_path).manifest.preprocessing
-    assert isinstance(spec, ImagePreprocessing)  # run_bench required an image classifier
+    manifest = read_bundle(bundle_path).manifest
+    parts = manifest.classifier_parts()
+    if parts is None:
+        raise BundleTaskError(f"{manifest.model_ref} is not an image classifier")
+    spec = parts[0]
     capture = cv2.VideoCapture(str(video))
     frame: UInt8Image
     done = 0

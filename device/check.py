@@ -8,15 +8,22 @@ is normal, and the daemon waits for it.
 
 from __future__ import annotations
 
+import glob
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from device.bundle.reader import read_bundle
 from device.bundle.signing import load_public_key
-from device.config import DeviceConfig, load_config
+from device.config import CameraSource, ClassificationPipeline, DeviceConfig, Source, load_config
 from device.errors import EdgewatchError
+from device.logs.config import JournalSourceConfig, LogFileSourceConfig, SyslogSourceConfig
 from device.runtime import load_for_manifest
+from device.sensors.config import (
+    HostMetricsSourceConfig,
+    MqttSensorSourceConfig,
+    SensorFileSourceConfig,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +81,10 @@ def _check_models(config: DeviceConfig) -> list[CheckLine]:
         try:
             bundle = read_bundle(pipeline.model, public_key=key, max_model_bytes=max_bytes)
             bundle.require_task(pipeline.task)
-            unknown = sorted(set(pipeline.thresholds) - set(bundle.manifest.labels))
+            thresholds = (
+                pipeline.thresholds if isinstance(pipeline, ClassificationPipeline) else {}
+            )
+            unknown = sorted(set(thresholds) - set(bundle.manifest.labels))
             if unknown:
                 raise EdgewatchError(
                     f"thresholds name labels the model does not have: {unknown}; "
@@ -99,15 +109,34 @@ def _check_models(config: DeviceConfig) -> list[CheckLine]:
     return lines
 
 
+def _describe_sensor_source(source: Source) -> str:
+    """Sensor sources open lazily and retry by themselves; say what they will read."""
+    if isinstance(source, SensorFileSourceConfig):
+        matches = sum(len(glob.glob(pattern)) for pattern in source.paths)
+        found = f"{matches} file(s) match" if matches else "no file matches yet"
+        return f"{source.format} files {', '.join(source.paths)}: {found}"
+    if isinstance(source, MqttSensorSourceConfig):
+        return f"MQTT topics {', '.join(source.topics)}"
+    if isinstance(source, HostMetricsSourceConfig):
+        return f"host metrics {', '.join(source.metrics)} every {source.interval_s:g} s"
+    return source.kind
+
+
 def _check_sources(config: DeviceConfig) -> list[CheckLine]:
     from device.sources.camera import CameraStream
 
     lines: list[CheckLine] = []
     for name, source in config.sources.items():
         try:
-            CameraStream(name, source).open_check()
+            if isinstance(source, CameraSource):
+                CameraStream(name, source).open_check()
+                detail = f"{source.describe()} opens"
+            elif isinstance(source, LogFileSourceConfig | JournalSourceConfig | SyslogSourceConfig):
+                detail = source.check(name)
+            else:
+                detail = _describe_sensor_source(source)
         except EdgewatchError as exc:
             lines.append(CheckLine(f"sources.{name}", False, str(exc)))
             continue
-        lines.append(CheckLine(f"sources.{name}", True, f"{source.describe()} opens"))
+        lines.append(CheckLine(f"sources.{name}", True, detail))
     return lines

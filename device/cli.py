@@ -140,10 +140,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(port=args.port, duration_s=args.duration, show_watch=not args.no_watch)
 
 
-def _cmd_bench(args: argparse.Namespace) -> int:
+def _bundle_task(path: Path) -> str:
     from device.bundle.reader import read_bundle
 
-    if read_bundle(args.bundle).manifest.task == "audio-classification":
+    return read_bundle(path).manifest.task
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    task = _bundle_task(args.bundle)
+    if task == "audio-classification":
         from device.audio.bench import render_audio_bench, run_audio_bench
 
         audio = run_audio_bench(args.bundle, args.audio, threads=args.threads,
@@ -153,7 +158,20 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             + "\n"
         )
         return 0
+    if task == "log-anomaly":
+        from device.bench_logs import render_log_bench, run_log_bench
+
+        logs = run_log_bench(args.bundle, log_file=args.log, lines=args.lines,
+                             threads=args.threads)  # fmt: skip
+        sys.stdout.write(
+            (json.dumps(logs.to_dict(), indent=2) if args.json else render_log_bench(logs)) + "\n"
+        )
+        return 0
     from device.bench import render_bench, run_bench
+    from device.bench_sensors import is_sensor_bundle, sensor_bench_command
+
+    if is_sensor_bundle(args.bundle):
+        return sensor_bench_command(args)
 
     result = run_bench(args.bundle, video=args.video, threads=args.threads, frames=args.frames)
     sys.stdout.write(
@@ -234,12 +252,46 @@ def _cmd_train_audio(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_logs(args: argparse.Namespace) -> int:
+    from training.train_logs import LogTrainOptions, train_log_anomaly
+
+    options = LogTrainOptions(
+        epochs=args.epochs,
+        seed=args.seed,
+        batch_size=args.batch_size or 256,
+        history=args.history,
+        top_g=args.top_g,
+        min_probability=args.min_probability,
+        architecture=args.architecture,
+        input_format=args.format,
+        train_fraction=args.train_fraction,
+        patience=args.patience,
+        **({"name": args.name} if args.name else {}),
+    )
+    result = train_log_anomaly(args.data_dir, args.out, options)
+    sys.stdout.write(
+        f"trained {result.epochs_run} epochs on {result.train_windows} windows "
+        f"({result.templates} {'templates' if result.input_format == 'lines' else 'events'}); "
+        f"held-out next events: top-1 {result.val_top1:.3f}, judged normal "
+        f"{result.val_normal_rate:.4f} (top-{result.top_g}, probability floor "
+        f"{result.min_probability:.3g})\nmodel folder: {result.out_dir}\n"
+    )
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     if args.task == "audio-classification":
         return _cmd_train_audio(args)
+    if args.task == "sensor-anomaly":
+        from training.sensor_cli import train_command
+
+        return train_command(args)
+    if args.task == "log-anomaly":
+        return _cmd_train_logs(args)
     if args.task != "image-classification":
         raise EdgewatchError(
-            f"training for {args.task} is not available yet; supported: image-classification"
+            f"training for {args.task} is not available yet; supported: image-classification, "
+            "audio-classification, log-anomaly, sensor-anomaly"
         )
     from training.train_image import ImageTrainOptions, train_image_classifier
 
@@ -310,7 +362,22 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from device.bench_sensors import is_sensor_bundle
+    if _bundle_task(args.bundle) == "log-anomaly":
+        from training.evaluate_logs import evaluate_log_bundle
+
+        logs = evaluate_log_bundle(args.bundle, args.data_dir, threads=args.threads,
+                                   out_dir=args.report)  # fmt: skip
+        sys.stdout.write(
+            (json.dumps(logs.to_dict(), indent=2) if args.json else logs.render_text()) + "\n"
+        )
+        return 0
     from training.evaluate import evaluate_bundle
+
+    if is_sensor_bundle(args.bundle):
+        from training.sensor_cli import evaluate_command
+
+        return evaluate_command(args)
 
     result = evaluate_bundle(args.bundle, args.data_dir, threads=args.threads, out_dir=args.report)
     sys.stdout.write(
@@ -387,13 +454,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("bundle", type=Path)
     bench.add_argument("--video", type=Path, help="video to feed (default: the demo sample)")
     bench.add_argument("--threads", type=int, default=2)
-    bench.add_argument("--frames", type=int, default=200)
+    bench.add_argument("--frames", type=int, default=200, help="frames (windows for sensors)")
     bench.add_argument(
         "--audio", type=Path, help="audio bundles: a recording to feed (default: generated)"
     )
     bench.add_argument(
         "--seconds", type=float, default=60.0, help="audio bundles: generated audio length"
     )
+    bench.add_argument(
+        "--log", type=Path, help="log bundles: a log file to score (default: generated lines)"
+    )
+    bench.add_argument("--lines", type=int, default=100_000, help="log bundles: lines to score")
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(handler=_cmd_bench)
 
@@ -469,7 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--alpha", type=float, default=0.5, help="width multiplier")
     train.add_argument("--color", choices=["rgb", "grey"], default="rgb")
     train.add_argument("--batch-size", type=int, default=None,
-                       help="default 32 for images, 64 for audio")  # fmt: skip
+                       help="default 32 for images, 256 for logs, 64 for audio")  # fmt: skip
     train.add_argument("--pretrained", choices=["imagenet"], default=None)
     train.add_argument(
         "--blocks", type=int, default=10, help="separable blocks (fewer for small inputs)"
@@ -485,6 +556,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--model-version",
         help="model version (default: the UTC time, YYYYMMDD.HHMMSS, so each run differs)",
     )
+    sensors = train.add_argument_group("sensor-anomaly")
+    sensors.add_argument("--window", type=_positive_int, default=32, help="steps per window")
+    sensors.add_argument("--hop", type=_positive_int, default=1, help="steps between windows")
+    sensors.add_argument("--interval", type=float, help="resampling grid in s (default: median)")
+    sensors.add_argument("--columns", help="value columns, comma-separated (default: all)")
+    sensors.add_argument("--quantile", type=float, default=None, help="threshold quantile")
+    sensors.add_argument("--margin", type=float, default=None, help="threshold margin")
+    logs = train.add_argument_group("log-anomaly")
+    logs.add_argument("--history", type=int, default=10, help="events looked back on (h)")
+    logs.add_argument("--top-g", type=int, default=None,
+                      help="anomalous outside the model's top g (default: chosen on held-out "
+                      "data)")  # fmt: skip
+    logs.add_argument("--min-probability", type=float, default=None,
+                      help="also anomalous below this probability (default: chosen on "
+                      "held-out data; 0: off)")  # fmt: skip
+    logs.add_argument("--architecture", choices=["mlp", "conv", "lstm"], default="mlp")
+    logs.add_argument("--format", choices=["auto", "lines", "sessions"], default="auto",
+                      help="DIR/*.log lines, or DeepLog session files (normal.txt)")  # fmt: skip
+    logs.add_argument("--train-fraction", type=float, default=0.1,
+                      help="sessions: share of normal.txt trained on (seeded)")  # fmt: skip
     audio = train.add_argument_group("audio-classification")
     audio.add_argument(
         "--keywords",
@@ -521,6 +612,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--threads", type=int, default=2)
     evaluate.add_argument("--report", type=Path, help="write report files here")
     evaluate.add_argument("--json", action="store_true")
+    evaluate.add_argument(
+        "--probation", type=float, default=0.0,
+        help="sensor-anomaly: share of each file that only warms up (NAB uses 0.15)",
+    )  # fmt: skip
     evaluate.set_defaults(handler=_cmd_evaluate)
     return parser
 

@@ -13,10 +13,30 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import tomllib
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
 from device.errors import ConfigError
+from device.logs.config import (
+    LOG_SOURCE_KINDS,
+    JournalSourceConfig,
+    LogFileSourceConfig,
+    SyslogSourceConfig,
+)
 from device.runtime import EdgeTpuMode
+from device.sensors.config import (
+    HostMetricsSourceConfig,
+    MqttSensorSourceConfig,
+    SensorAnomalyPipelineConfig,
+    SensorFileSourceConfig,
+)
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -241,8 +261,28 @@ class CameraSource(_Section):
         return f"stream {redact_url(self.url or '')}"
 
 
-# Later source kinds (microphone, logs, sensors) join this as a union keyed by `kind`.
-Source = CameraSource
+def _source_kind(value: object) -> str:
+    """The union tag of a source table: its ``kind``, "camera" when absent (configs
+    written before other kinds existed have none)."""
+    if isinstance(value, dict):
+        kind = value.get("kind", "camera")
+        return kind if isinstance(kind, str) else "camera"
+    return str(getattr(value, "kind", "camera"))
+
+
+#: A ``[sources.NAME]`` table, keyed by ``kind`` (default "camera").
+Source = Annotated[
+    Annotated[CameraSource, Tag("camera")]
+    | Annotated[LogFileSourceConfig, Tag("logfile")]
+    | Annotated[JournalSourceConfig, Tag("journal")]
+    | Annotated[SyslogSourceConfig, Tag("syslog")]
+    | Annotated[SensorFileSourceConfig, Tag("sensor-file")]
+    | Annotated[MqttSensorSourceConfig, Tag("sensor-mqtt")]
+    | Annotated[HostMetricsSourceConfig, Tag("host-metrics")],
+    Discriminator(_source_kind),
+]
+SENSOR_SOURCE_KINDS = ("sensor-file", "sensor-mqtt", "host-metrics")
+SOURCE_KINDS = ("camera", *LOG_SOURCE_KINDS, *SENSOR_SOURCE_KINDS)
 
 
 class EventSection(_Section):
@@ -269,8 +309,26 @@ class ClassificationPipeline(_Section):
     events: EventSection = Field(default_factory=EventSection)
 
 
-# Later tasks join this as a union keyed by `task`.
-Pipeline = ClassificationPipeline
+def _pipeline_task(value: object) -> str:
+    """The union tag of a pipeline table: its ``task``, image classification when absent."""
+    if isinstance(value, dict):
+        task = value.get("task", "image-classification")
+        return task if isinstance(task, str) else "image-classification"
+    return str(getattr(value, "task", "image-classification"))
+
+
+#: A ``[pipelines.NAME]`` table, keyed by ``task`` (default "image-classification").
+Pipeline = Annotated[
+    Annotated[ClassificationPipeline, Tag("image-classification")]
+    | Annotated[SensorAnomalyPipelineConfig, Tag("sensor-anomaly")],
+    Discriminator(_pipeline_task),
+]
+PIPELINE_TASKS = ("image-classification", "sensor-anomaly")
+#: The source kinds each pipeline task reads.
+TASK_SOURCE_KINDS: dict[str, tuple[str, ...]] = {
+    "image-classification": ("camera",),
+    "sensor-anomaly": SENSOR_SOURCE_KINDS,
+}
 
 
 class DeviceConfig(_Section):
@@ -294,6 +352,14 @@ class DeviceConfig(_Section):
                 raise ValueError(
                     f"pipelines.{name}.source is {pipeline.source!r}, which is not a "
                     f"configured source (have: {sorted(self.sources) or 'none'})"
+                )
+            kind = self.sources[pipeline.source].kind
+            readable = TASK_SOURCE_KINDS[pipeline.task]
+            if kind not in readable:
+                raise ValueError(
+                    f"pipelines.{name} is a {pipeline.task} pipeline, which reads "
+                    f"{' or '.join(readable)} sources, but source {pipeline.source!r} is a "
+                    f"{kind} source"
                 )
         if not self.pipelines:
             raise ValueError("no pipelines configured; add at least one [pipelines.NAME]")
@@ -338,7 +404,7 @@ def format_validation_error(path: Path, exc: ValidationError) -> str:
 
 
 def _is_union_tag(part: object) -> bool:
-    return part in ("camera", "image-classification")
+    return part in (*SOURCE_KINDS, *PIPELINE_TASKS)
 
 
 def _resolve_paths(config: DeviceConfig, base: Path) -> DeviceConfig:
@@ -347,10 +413,15 @@ def _resolve_paths(config: DeviceConfig, base: Path) -> DeviceConfig:
             return value
         return base / value
 
-    sources: dict[str, CameraSource] = {
-        name: source.model_copy(update={"file": resolve(source.file)})
-        for name, source in config.sources.items()
-    }
+    def resolve_source(source: Source) -> Source:
+        if isinstance(source, CameraSource):
+            return source.model_copy(update={"file": resolve(source.file)})
+        if isinstance(source, LogFileSourceConfig):
+            paths = tuple(str(resolve(Path(pattern))) for pattern in source.paths)
+            return source.model_copy(update={"paths": paths})
+        return source
+
+    sources = {name: resolve_source(source) for name, source in config.sources.items()}
     pipelines = {
         name: pipeline.model_copy(update={"model": resolve(pipeline.model)})
         for name, pipeline in config.pipelines.items()

@@ -30,13 +30,14 @@ from types import FrameType
 from pydantic import JsonValue
 
 from device import __version__
+from device.bundle.reader import read_bundle
 from device.commands import CommandError, CommandHandler, ReloadReport, UInt8Image, unknown
-from device.config import DeviceConfig, load_config
-from device.errors import EdgewatchError
+from device.config import CameraSource, DeviceConfig, load_config
+from device.errors import ConfigError, EdgewatchError
 from device.examples.service import ExampleService, open_examples
 from device.homeassistant import Entity, HomeAssistantDiscovery, PipelineInfo, build_entities
 from device.inference_worker import InferenceWorker, pipeline_part, source_part
-from device.modelstore.boot import boot_pipelines
+from device.modelstore.boot import boot_pipelines, max_model_bytes, public_key_of
 from device.modelstore.service import ModelService
 from device.modelstore.store import ModelStore
 from device.modelstore.switch import PipelineSwitcher, SwapTicket
@@ -54,9 +55,13 @@ from device.mqtt.topics import Topics
 from device.outbox import OUTBOX_FILE, Outbox
 from device.pipelines.lifecycle import Transition
 from device.pipelines.loaded import LoadedPipeline, build_pipeline
+from device.pipelines.sensor_runner import build_sensor_runner
 from device.procstats import ProcessMonitor
 from device.prometheus import PrometheusEndpoint
+from device.record_sources import RecordSources
+from device.record_worker import EventDraft, RecordPipeline
 from device.sdnotify import SdNotifier
+from device.sensors.config import SensorAnomalyPipelineConfig
 from device.seqstore import SeqStore
 from device.sources.camera import CameraStream, Frame, serial_opencv
 from device.supervision import Supervisor
@@ -98,6 +103,8 @@ class Daemon:
         self.switcher = PipelineSwitcher(self.pipelines)
         self.seq = SeqStore(config.device.state_dir / "seq.json")
         self.streams = self._make_streams()
+        # Log sources and their pipelines: scored in batches, every record counts.
+        self.records = RecordSources(config, self, self._build_record_pipeline)
         #: The durable event spool ([outbox]); the publisher owns and closes it.
         self.outbox: Outbox | None = None
         if publisher is None and config.outbox.enabled:
@@ -121,7 +128,8 @@ class Daemon:
             name: InferenceWorker(name, tuple(self.switcher.users(name)), self)
             for name in self.streams
         }
-        self._event_counts = {p.name: 0 for p in self.pipelines}
+        self._event_counts: dict[str, int] = {p.name: 0 for p in self.pipelines}
+        self._event_counts.update({p.name: 0 for p in self.records.pipelines})
         self._monitor = ProcessMonitor()
         self._last_state: State | None = None
         # systemd Type=notify (no-op outside systemd): readiness, watchdog, status.
@@ -158,6 +166,8 @@ class Daemon:
     def _make_streams(self) -> dict[str, CameraStream]:
         streams = {}
         for name, source in self.config.sources.items():
+            if not isinstance(source, CameraSource):
+                continue
             users = [p for p in self.pipelines if p.source == name]
             if not users:
                 log.warning("source %s is configured but no pipeline uses it; not opened", name)
@@ -186,6 +196,7 @@ class Daemon:
             stream.start()
         for worker in self.workers.values():
             worker.start()
+        self.records.start()
         self._publish_state()
         # Ready once models are loaded and sources and publisher started; not when the
         # broker answers: a broker that is down at boot must not fail the unit's start.
@@ -201,7 +212,7 @@ class Daemon:
                     break
                 self._notify_alive()
                 self._supervise()
-                if all(worker.ended and not worker.alive for worker in self.workers.values()):
+                if self._all_sources_ended():
                     log.info("every source has ended; stopping")
                     break
                 self._publish_state_if_changed()
@@ -214,6 +225,14 @@ class Daemon:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _all_sources_ended(self) -> bool:
+        """Files without ``loop`` end; cameras, streams and log sources do not."""
+        cameras = self.workers.values()
+        return bool(cameras or self.records.workers) and (
+            all(worker.ended and not worker.alive for worker in cameras)
+            and self.records.all_ended()
+        )
 
     def request_stop(self, reason: str) -> None:
         """Stop from a signal handler: only assigns an attribute and takes no lock.
@@ -251,6 +270,7 @@ class Daemon:
             self._supervise_source(name)
         for worker in self.workers.values():
             self._supervise_worker(worker)
+        self.records.supervise(self.config.supervision.inference_deadline_s)
 
     def _supervise_source(self, name: str) -> None:
         stream = self.streams[name]
@@ -260,9 +280,11 @@ class Daemon:
         self.supervisor.failed(part, stream.stats().detail or "the source failed")
         if not self.supervisor.due(part):
             return
+        camera = self.config.sources[name]
+        assert isinstance(camera, CameraSource)  # streams are only made for cameras
         fresh = CameraStream(
             name,
-            self.config.sources[name],
+            camera,
             preprocess=self.switcher.preprocessor(name),
             realtime=self._realtime,
         )
@@ -342,6 +364,47 @@ class Daemon:
             self.publisher.publish_event(event)
             self._event_counts[loaded.name] += 1
 
+    def publish_drafts(self, pipeline: RecordPipeline, drafts: Sequence[EventDraft]) -> None:
+        """Publish a record pipeline's events (device/record_worker.py)."""
+        for draft in drafts:
+            published_at = time.time()
+            event = Event(
+                device=self.config.device.id,
+                source=pipeline.source,
+                seq=self.seq.next(pipeline.source),
+                event_id=draft.event_id,
+                type=draft.type,
+                captured_at=draft.captured_at,
+                published_at=published_at,
+                latency_ms=round((published_at - draft.captured_at) * 1000.0, 3),
+                model=pipeline.model,
+                task=pipeline.state.task,
+                label=draft.label,
+                score=round(draft.score, 4),
+                top_score=round(draft.top_score, 4),
+                duration_s=round(draft.duration_s, 3),
+                pipeline=pipeline.name,
+                log=draft.log,
+                sensor=draft.sensor,
+            )
+            self.publisher.publish_event(event)
+            self._event_counts[pipeline.name] = self._event_counts.get(pipeline.name, 0) + 1
+
+    def _build_record_pipeline(self, name: str) -> RecordPipeline:
+        """A record pipeline from its config table, its model loaded and smoke-tested."""
+        config = self.config.pipelines[name]
+        runtime = self.config.runtime
+        if isinstance(config, SensorAnomalyPipelineConfig):
+            bundle = read_bundle(
+                config.model,
+                public_key=public_key_of(runtime),
+                max_model_bytes=max_model_bytes(runtime),
+            )
+            return build_sensor_runner(name, config, bundle, runtime)
+        raise ConfigError(
+            f"pipelines.{name}: task {config.task!r} does not read record sources"
+        )
+
     # -- state and stats --------------------------------------------------------------
 
     def state(self) -> State:
@@ -363,8 +426,8 @@ class Daemon:
             started_at=self._started_at,
             updated_at=time.time(),
             groups=self.config.device.groups,
-            sources=tuple(sources),
-            pipelines=tuple(p.state for p in self.pipelines),
+            sources=(*sources, *self.records.source_states(self.source_enabled)),
+            pipelines=(*(p.state for p in self.pipelines), *self.records.pipeline_states()),
             degraded=tuple(
                 DegradedPart(part=h.part, detail=h.detail, restarts=h.restarts)
                 for h in self.supervisor.degraded()
@@ -411,6 +474,8 @@ class Daemon:
                     events=self._event_counts[loaded.name],
                 )
             )
+        sources += self.records.source_stats(self.source_enabled)
+        pipelines += self.records.pipeline_stats(self._event_counts)
         publishing = self.publisher.stats
         examples = self.examples.stats() if self.examples is not None else None
         return Stats(
@@ -439,8 +504,8 @@ class Daemon:
             return source not in self._disabled
 
     def set_source_enabled(self, source: str, enabled: bool) -> None:
-        if source not in self.streams:
-            raise unknown("source", source, sorted(self.streams))
+        if source not in self.streams and source not in self.records.workers:
+            raise unknown("source", source, sorted((*self.streams, *self.records.workers)))
         with self._lock:
             if enabled:
                 self._disabled.discard(source)
@@ -557,6 +622,7 @@ class Daemon:
             PipelineInfo(name=p.name, source=p.source, reportable=p.pipeline.reportable)
             for p in self.pipelines
         ]
+        infos += self.records.entity_infos()
         temperature = read_temperature_c(self.config.stats.temperature_file) is not None
         return build_entities(
             self.config.device.id, self.topics, infos, with_temperature=temperature
@@ -584,7 +650,8 @@ class Daemon:
 
     def _status_line(self) -> str:
         return (
-            f"{len(self.streams)} source(s), {len(self.pipelines)} pipeline(s); broker "
+            f"{len(self.streams) + len(self.records.workers)} source(s), "
+            f"{len(self.pipelines) + len(self.records.pipelines)} pipeline(s); broker "
             f"{self.config.mqtt.host}:{self.config.mqtt.port} "
             f"{'connected' if self.publisher.connected else 'not connected (retrying)'}"
         )
@@ -596,6 +663,7 @@ class Daemon:
             stream.stop()
         for worker in self.workers.values():
             worker.join(timeout_s=5.0)
+        self.records.stop()
         self.commands.stop()
         self.models.stop()
         if self.examples is not None:

@@ -29,7 +29,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import BaseModel, ConfigDict
 
 from device import __version__
-from device.config import DeviceConfig
+from device.config import ClassificationPipeline, DeviceConfig
 from device.errors import EdgewatchError
 from device.mqtt.client_options import make_client
 from device.mqtt.publisher import MqttPublisher
@@ -354,11 +354,17 @@ def pipelines_from_config(config: DeviceConfig) -> list[PipelineInfo]:
     max_bytes = int(config.runtime.max_model_mb * 1024 * 1024)
     infos = []
     for name, pipeline in config.pipelines.items():
+        if not isinstance(pipeline, ClassificationPipeline):
+            # Anomaly pipelines report one label (the daemon's record sources say so too).
+            infos.append(PipelineInfo(name=name, source=pipeline.source, reportable=("anomaly",)))
+            continue
         manifest = read_bundle(pipeline.model, max_model_bytes=max_bytes).manifest
+        parts = manifest.classifier_parts()
+        background = parts[1].background_labels if parts is not None else ()
         reportable = tuple(
             label
             for label in manifest.labels
-            if label not in manifest.decoding.background_labels
+            if label not in background
             and label not in pipeline.ignore_labels
         )
         infos.append(PipelineInfo(name=name, source=pipeline.source, reportable=reportable))

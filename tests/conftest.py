@@ -9,8 +9,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.helpers_sensors import Trained
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,14 @@ def int8_bundle(trained_model_dir: Path, tmp_path_factory: pytest.TempPathFactor
     out = tmp_path_factory.mktemp("bundles") / "shapes-int8.ewm"
     convert_model(trained_model_dir, "int8", out)
     return out
+
+
+@pytest.fixture(scope="session")
+def sensor_model(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    """A sensor-anomaly model (generated pump signal) and its int8 bundle."""
+    from tests.helpers_sensors import train_sensor_model
+
+    return train_sensor_model(tmp_path_factory.mktemp("sensor-model"))
 
 
 @pytest.fixture(scope="session")

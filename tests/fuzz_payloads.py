@@ -91,3 +91,51 @@ def payloads(seed: int, count: int) -> Iterator[bytes]:
     rng = random.Random(seed)
     for _ in range(count):
         yield random_payload(rng)
+
+
+def _chunk_frame(header: object, data: bytes, declared_length: int | None = None) -> bytes:
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    length = len(raw) if declared_length is None else declared_length
+    return b"EWC1" + length.to_bytes(4, "big") + raw + data
+
+
+def _chunk_header(rng: random.Random) -> dict[str, object]:
+    """A chunk header, valid-looking or with one or more fields made wrong."""
+    size = rng.choice([1, 100, 4096, 10**6, 10**12])
+    header: dict[str, object] = {
+        "transfer_id": "".join(rng.choice("0123456789abcdef") for _ in range(32)),
+        "index": rng.randint(0, 5),
+        "count": rng.choice([1, 2, 6, 10**9]),
+        "offset": rng.choice([0, 10, size, size + 1]),
+        "size": size,
+        "sha256": "".join(rng.choice("0123456789abcdef") for _ in range(64)),
+    }
+    for _ in range(rng.randint(0, 2)):
+        header[rng.choice(sorted(header))] = _random_value(rng)
+    return header
+
+
+def random_push_payload(rng: random.Random) -> bytes:
+    """One payload for a push topic: broken bundles and broken chunk frames."""
+    kind = rng.randrange(8)
+    if kind == 0:
+        return rng.randbytes(rng.randint(0, 2048))
+    if kind == 1:
+        return b"PK\x03\x04" + rng.randbytes(rng.randint(0, 4096))  # not a real zip
+    if kind == 2:
+        return b"EWC1" + rng.randbytes(rng.randint(0, 8))  # truncated preamble
+    if kind == 3:
+        header = json.dumps(_chunk_header(rng)).encode()
+        return _chunk_frame(header, b"", declared_length=rng.choice([0, 2**32 - 1, 5000]))
+    if kind == 4:
+        nested = b"[" * rng.choice([100, 3000]) + b"]" * rng.choice([0, 100])
+        return _chunk_frame(nested, b"x")
+    if kind == 5:
+        return _chunk_frame(rng.randbytes(rng.randint(1, 64)), b"data")
+    return _chunk_frame(_chunk_header(rng), rng.randbytes(rng.randint(0, 4096)))
+
+
+def push_payloads(seed: int, count: int) -> Iterator[bytes]:
+    rng = random.Random(seed)
+    for _ in range(count):
+        yield random_push_payload(rng)

@@ -138,7 +138,7 @@ def test_evaluate_json_through_the_cli(
 
 
 def test_untrained_task_says_what_is_available(tmp_path: Path) -> None:
-    result = run_cli("train", "log-anomaly", str(tmp_path), "--out", str(tmp_path / "o"))
+    result = run_cli("train", "object-detection", str(tmp_path), "--out", str(tmp_path / "o"))
     assert result.returncode == 2
     assert "supported: image-classification" in result.stderr
 

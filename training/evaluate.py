@@ -125,6 +125,8 @@ def evaluate_bundle(
         return evaluate_audio_bundle(bundle_path, bundle, data_dir, threads=threads,
                                      out_dir=out_dir)  # fmt: skip
     spec = _image_preprocessing(manifest)
+    parts = manifest.classifier_parts()
+    softmax = parts is not None and parts[1].apply_softmax
     runtime = load_for_manifest(manifest, bundle.model_bytes, threads=threads, edgetpu="auto")
     images = load_labelled_folder(data_dir, spec, label_order=manifest.labels)
     y_true = images.samples.y
@@ -136,7 +138,7 @@ def evaluate_bundle(
         start = time.perf_counter()
         scores = runtime.invoke([tensor])[0]
         invoke_s += time.perf_counter() - start
-        if manifest.decoding.apply_softmax:
+        if softmax:
             scores = _softmax(scores)
         predicted[index] = int(np.argmax(scores.reshape(-1)))
     metrics = compute_metrics(y_true, predicted, manifest.labels)

@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from device.logs.templates import TemplateVocabulary
+
 SCHEMA_VERSION = 1
 
 Task = Literal[
@@ -135,7 +137,103 @@ class AudioPreprocessing(_Frozen):
         return (self.frames, self.coefficients, 1)
 
 
-Preprocessing = Annotated[ImagePreprocessing | AudioPreprocessing, Field(discriminator="kind")]
+class SensorColumn(_Frozen):
+    """One value column of a sensor series and its z-score scaling: ``(x - mean) / std``."""
+
+    name: str = Field(min_length=1, max_length=128)
+    mean: float
+    std: float = Field(gt=0.0)
+
+
+class SensorPreprocessing(_Frozen):
+    """How readings of a numeric series become the model's input window.
+
+    Samples are resampled onto a grid of ``interval_s`` (None: every sample is one step),
+    ``window`` consecutive steps form one window, a new window completes every ``hop``
+    steps, and each column is z-scored with its ``mean`` and ``std`` from the training
+    data. ``device/sensors/windows.py`` is the one implementation, used by training and
+    the device alike.
+    """
+
+    kind: Literal["sensor-window"] = "sensor-window"
+    columns: tuple[SensorColumn, ...] = Field(min_length=1)
+    interval_s: float | None = Field(None, gt=0.0)
+    window: int = Field(ge=2, le=4096)
+    hop: int = Field(1, ge=1)
+    #: Missing grid steps (no sample) filled with the last value; a longer gap restarts
+    #: the window, so no window spans an outage.
+    max_gap_steps: int = Field(3, ge=0)
+    #: Windows in which more than this share of the values was filled in are not scored.
+    max_filled_fraction: float = Field(0.25, ge=0.0, le=1.0)
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(column.name for column in self.columns)
+
+
+
+LogInputFormat = Literal["lines", "sessions"]
+
+
+class LogPreprocessing(_Frozen):
+    """How log events become the input tensor of a next-event model (task log-anomaly).
+
+    The model reads the ids of the last ``history`` events and scores every class for the
+    next one. Class (and input token) ``i`` is, for ``lines``, the template with id ``i``
+    in ``vocabulary`` (the device templates each line with exactly this vocabulary); for
+    ``sessions`` (DeepLog's one-session-a-line files of event ids), the event
+    ``events[i - 1]``. Class 0 is "unknown template": never an input (an unknown line is
+    anomalous and kept out of the history) and never a training target. The last class,
+    ``boundary``, is both the padding before a session's first event and the prediction
+    "the session ends here"; streams of lines have no boundaries and are scored once
+    ``history`` known events of an origin have been seen.
+    """
+
+    kind: Literal["log-events"] = "log-events"
+    input_format: LogInputFormat = "lines"
+    history: int = Field(ge=1, le=512)
+    vocabulary: TemplateVocabulary | None = None
+    events: tuple[str, ...] = ()
+    #: A line matched to a template must also have the template's literal words (Drain's
+    #: matching alone accepts half the tokens equal); see device/pipelines/log_events.py.
+    strict_templates: bool = True
+
+    @model_validator(mode="after")
+    def _one_event_space(self) -> LogPreprocessing:
+        if self.input_format == "lines" and (self.vocabulary is None or self.events):
+            raise ValueError("log lines need a template vocabulary (and no event list)")
+        if self.input_format == "sessions" and (self.vocabulary is not None or not self.events):
+            raise ValueError("sessions need an event list (and no template vocabulary)")
+        if len(set(self.events)) != len(self.events):
+            raise ValueError("event ids must be unique")
+        return self
+
+    @property
+    def boundary(self) -> int:
+        """Index of the boundary class; also the number of classes before it."""
+        if self.vocabulary is not None:
+            return self.vocabulary.next_id
+        return len(self.events) + 1
+
+    @property
+    def classes(self) -> int:
+        """Size of the model's output (and of its input token space)."""
+        return self.boundary + 1
+
+    def class_labels(self) -> tuple[str, ...]:
+        """The manifest labels of such a model: one per class, in class order."""
+        if self.vocabulary is not None:
+            middle = tuple(f"T{i}" for i in range(1, self.boundary))
+        else:
+            middle = tuple(f"E{event}" for event in self.events)
+        return ("unknown", *middle, "boundary")
+
+
+
+Preprocessing = Annotated[
+    ImagePreprocessing | AudioPreprocessing | SensorPreprocessing | LogPreprocessing,
+    Field(discriminator="kind"),
+]
 
 
 class ClassificationDecoding(_Frozen):
@@ -147,7 +245,63 @@ class ClassificationDecoding(_Frozen):
     background_labels: tuple[str, ...] = ()
 
 
-Decoding = Annotated[ClassificationDecoding, Field(discriminator="kind")]
+class ReconstructionDecoding(_Frozen):
+    """Output 0 is the model's reconstruction of its input window (an autoencoder).
+
+    The anomaly score of a window is the mean squared difference between the scaled
+    window and the reconstruction (``score = "mse"``, z units squared), computed on the
+    float window before input quantization; a window whose score is at or above
+    ``threshold`` is anomalous. The threshold was calibrated on the training windows with
+    this very model: the ``quantile`` of their scores times ``margin``.
+    """
+
+    kind: Literal["reconstruction"] = "reconstruction"
+    score: Literal["mse"] = "mse"
+    threshold: float = Field(gt=0.0)
+    quantile: float = Field(gt=0.0, le=1.0)
+    margin: float = Field(gt=0.0)
+    #: Training windows the threshold was calibrated on.
+    calibration_windows: int = Field(ge=1)
+
+
+class ParameterRange(_Frozen):
+    """The values one numeric parameter of one template took in the training logs.
+
+    ``slot`` counts the numeric parameters of a line in line order (see
+    ``TemplateMiner.parameters_of``). A value is out of range when its magnitude lies more
+    than the decoding's ``parameter_margin`` decades outside ``[low, high]``.
+    """
+
+    template: int = Field(ge=1)
+    slot: int = Field(ge=0)
+    low: float
+    high: float
+    samples: int = Field(ge=1)
+
+
+class NextEventDecoding(_Frozen):
+    """Output 0 scores every class for the next event (DeepLog's rule decides).
+
+    An event is anomalous when its template is unknown, when its class is not among the
+    ``top_g`` best-scored (ties count in its favour), when its probability is below
+    ``min_probability`` (0 turns that off), or when a numeric parameter is out of range.
+    """
+
+    kind: Literal["next-event"] = "next-event"
+    top_g: int = Field(ge=1)
+    #: Whether output 0 holds logits (softmax applied on the device) or probabilities.
+    logits: bool = True
+    min_probability: float = Field(0.0, ge=0.0, le=1.0)
+    parameter_ranges: tuple[ParameterRange, ...] = ()
+    #: How far outside a trained range (in decades of magnitude) a value may go.
+    parameter_margin: float = Field(1.0, ge=0.0)
+
+
+
+Decoding = Annotated[
+    ClassificationDecoding | ReconstructionDecoding | NextEventDecoding,
+    Field(discriminator="kind"),
+]
 
 
 class Thresholds(_Frozen):
@@ -237,14 +391,50 @@ class Manifest(_Frozen):
         unknown = set(self.thresholds.per_label) - set(self.labels)
         if unknown:
             raise ValueError(f"thresholds name unknown labels: {sorted(unknown)}")
-        for label in self.decoding.background_labels:
-            if label not in self.labels:
-                raise ValueError(f"background label {label!r} is not one of the labels")
+        if isinstance(self.decoding, ClassificationDecoding):
+            for label in self.decoding.background_labels:
+                if label not in self.labels:
+                    raise ValueError(f"background label {label!r} is not one of the labels")
+        sensor = (
+            isinstance(self.preprocessing, SensorPreprocessing),
+            isinstance(self.decoding, ReconstructionDecoding),
+        )
+        if any(sensor) and (self.task != "sensor-anomaly" or not all(sensor)):
+            raise ValueError(
+                "sensor-window preprocessing and reconstruction decoding belong together, "
+                "in a sensor-anomaly manifest"
+            )
         if isinstance(self.preprocessing, AudioPreprocessing) and (
             self.task != "audio-classification"
         ):
             raise ValueError("audio preprocessing belongs in an audio-classification manifest")
+        if isinstance(self.preprocessing, LogPreprocessing):
+            self._consistent_log_model(self.preprocessing)
+        elif self.task == "log-anomaly":
+            raise ValueError("a log-anomaly model needs log preprocessing (kind log-events)")
         return self
+
+    def classifier_parts(self) -> tuple[ImagePreprocessing, ClassificationDecoding] | None:
+        """Preprocessing and decoding of an image classifier; None for other models."""
+        if isinstance(self.preprocessing, ImagePreprocessing) and isinstance(
+            self.decoding, ClassificationDecoding
+        ):
+            return self.preprocessing, self.decoding
+        return None
+
+    def _consistent_log_model(self, spec: LogPreprocessing) -> None:
+        if self.task != "log-anomaly" or not isinstance(self.decoding, NextEventDecoding):
+            raise ValueError("log preprocessing belongs to a log-anomaly model that decodes "
+                             "next events")  # fmt: skip
+        if self.labels != spec.class_labels():
+            raise ValueError("labels must be one per class: unknown, each template, boundary")
+        if self.inputs[0].shape[-1] != spec.history or self.outputs[0].shape[-1] != spec.classes:
+            raise ValueError(
+                f"a next-event model reads {spec.history} event ids and scores "
+                f"{spec.classes} classes; the tensors say otherwise"
+            )
+        if self.decoding.top_g >= spec.classes:
+            raise ValueError(f"top_g must be below the {spec.classes} classes")
 
     def canonical_bytes(self) -> bytes:
         """The exact bytes written as manifest.json and covered by manifest.sig.

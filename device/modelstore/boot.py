@@ -47,6 +47,7 @@ def boot_pipelines(config: DeviceConfig, store: ModelStore) -> list[LoadedPipeli
     return [
         boot_pipeline(name, cfg, store, config.runtime, key)
         for name, cfg in config.pipelines.items()
+        if isinstance(cfg, PipelineConfig)  # image pipelines; record pipelines boot elsewhere
     ]
 
 

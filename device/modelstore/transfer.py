@@ -90,6 +90,8 @@ def parse_push(payload: bytes) -> PushMessage:
         document = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PushFormatError(f"chunk header is not UTF-8 JSON ({exc})") from exc
+    except RecursionError as exc:  # "[[[[..." deeper than the parser's recursion limit
+        raise PushFormatError("chunk header is JSON nested too deeply") from exc
     try:
         header = PushChunk.model_validate(document)
     except ValidationError as exc:

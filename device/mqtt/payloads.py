@@ -19,6 +19,27 @@ MODELS_STATUS_SCHEMA = 1
 EventType = Literal["start", "update", "end", "instant"]
 
 
+class LogDetails(BaseModel):
+    """What a log-anomaly event is about: the line, its template and the model's surprise."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: Where the line came from: the file path, "journal", or "udp:HOST:PORT"/"tcp:...".
+    origin: str
+    #: The line (cut at 2,000 characters; ``truncated`` says so).
+    line: str
+    truncated: bool = False
+    #: The template's id in the model's vocabulary (0: a template the model never saw).
+    template_id: int
+    template: str | None = None
+    #: Why it is anomalous: "unknown-template", "sequence", "parameter", ...
+    reason: str
+    #: -ln(probability the model gave this template next), in nats; None when unscored.
+    surprise: float | None = None
+    #: Rank of the template among the model's guesses (1 = expected); None when unscored.
+    rank: int | None = None
+
+
 class _Wire(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
@@ -138,6 +159,24 @@ class Box(_Wire):
     ymax: float
 
 
+class SensorWindow(_Wire):
+    """What a sensor-anomaly event is about: a stretch of one series.
+
+    For start and update, ``start``/``end`` are the times of the first and last sample
+    of the window that caused the message, and the event's ``score`` is that window's
+    anomaly score; for end, they span the whole anomalous stretch (first anomalous
+    window's start to last anomalous window's end) and ``score`` is its highest.
+    """
+
+    series: str
+    start: float
+    end: float
+    #: Samples in one window (the model's window length).
+    samples: int
+    #: Score at or above which a window is anomalous (same units as ``score``).
+    threshold: float
+
+
 class Event(_Wire):
     """One detection event, QoS 1 on ``<prefix>/<device>/events/<source>``."""
 
@@ -165,13 +204,19 @@ class Event(_Wire):
     #: For start/update/end: seconds since the event started.
     duration_s: float = 0.0
     box: Box | None = None
+    sensor: SensorWindow | None = None
     pipeline: str
+    #: log-anomaly events: the line and why it is anomalous.
+    log: LogDetails | None = None
+
+
+SourceStatus = Literal["starting", "running", "reconnecting", "stopped", "failed"]
 
 
 class SourceState(_Wire):
     name: str
     kind: str
-    status: Literal["starting", "running", "reconnecting", "stopped", "failed"]
+    status: SourceStatus
     detail: str = ""
     #: False after a `disable` command: frames are read but not inferred.
     enabled: bool = True

@@ -492,6 +492,11 @@ class MqttPublisher:
             retained = list(self._retained.items())
             topics = list(self._subscriptions)
         log.info("MQTT publisher connected to %s:%d", self._config.host, self._config.port)
+        # Subscribe before announcing anything: the broker handles one client's packets
+        # in order, so whoever sees "online" or the retained state can already reach the
+        # command and push topics (a pusher waiting for models/status must not race us).
+        for topic in topics:
+            client.subscribe(topic, qos=1)
         with self._send_lock:
             self._hand_to_paho(self._topics.availability, ONLINE.encode(), qos=1, retain=True)
             for topic, payload in retained:
@@ -506,8 +511,6 @@ class MqttPublisher:
             with self._lock:
                 self._more = True
                 self._lock.notify_all()
-        for topic in topics:
-            client.subscribe(topic, qos=1)
 
     def _on_disconnect(
         self,

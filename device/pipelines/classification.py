@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from device.bundle.manifest import ClassificationDecoding, ImagePreprocessing, TensorSpec
+from device.bundle.manifest import ImagePreprocessing, TensorSpec
 from device.bundle.reader import Bundle
 from device.config import ClassificationPipeline as ClassificationConfig
-from device.errors import BundleTaskError, ConfigError, ModelMismatchError
+from device.errors import ConfigError, ModelMismatchError
 from device.latency import LatencySummary, LatencyWindow
 from device.pipelines.lifecycle import EventTracker, Transition, WallClock
 from device.preprocessing.image import normalise, resize_frame
@@ -81,17 +81,17 @@ class ClassificationPipeline:
     ) -> None:
         bundle.require_task(TASK)
         manifest = bundle.manifest
+        parts = manifest.classifier_parts()
+        if parts is None:
+            raise ModelMismatchError(f"{manifest.model_ref} is not an image classifier")
         self.name = name
         self.config = config
         self.bundle = bundle
         self.manifest = manifest
         self.runtime = runtime
         self.labels: tuple[str, ...] = manifest.labels
-        if not isinstance(manifest.preprocessing, ImagePreprocessing) or not isinstance(
-            manifest.decoding, ClassificationDecoding
-        ):
-            raise BundleTaskError(f"{manifest.model_ref} is not an image classifier")
-        self.spec: ImagePreprocessing = manifest.preprocessing
+        self.spec: ImagePreprocessing = parts[0]
+        self.decoding = parts[1]
         self._check_labels()
         self._check_output()
         self.thresholds: dict[str, float] = {}
@@ -102,7 +102,7 @@ class ClassificationPipeline:
         self._input: FloatArray = np.empty(
             (1, self.spec.height, self.spec.width, channels), dtype=np.float32
         )
-        self._softmax = manifest.decoding.apply_softmax
+        self._softmax = self.decoding.apply_softmax
         self._lut = pixel_lut(self.spec, runtime.inputs[0])
         self.tracker = EventTracker(config.events, clock)
         self.latency = LatencyWindow()
@@ -149,7 +149,7 @@ class ClassificationPipeline:
         reportable = tuple(
             label
             for label in self.labels
-            if label not in self.manifest.decoding.background_labels
+            if label not in self.decoding.background_labels
             and label not in self.config.ignore_labels
         )
         self._threshold_array = np.array(

@@ -1,1 +1,2 @@
-"""Synthetic, OpenCV-drawn data so tests, the demo and benchmarks need no downloads."""
+"""Synthetic data (OpenCV-drawn shapes, generated sensor signals) so tests, the demo and
+benchmarks need no downloads."""
