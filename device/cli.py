@@ -230,6 +230,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 def _cmd_train_audio(args: argparse.Namespace) -> int:
     from training.train_audio import AudioTrainOptions, train_audio_classifier
+    from training.versioning import timestamp_version
 
     defaults = AudioTrainOptions()
     options = AudioTrainOptions(
@@ -240,7 +241,7 @@ def _cmd_train_audio(args: argparse.Namespace) -> int:
         width=args.width or defaults.width,
         synthetic_voices=args.synthetic_voices,
         keywords=tuple(k for k in args.keywords.split(",") if k) if args.keywords else None,
-        version=args.model_version or _timestamp_version(),
+        version=args.model_version or timestamp_version(),
         **({"name": args.name} if args.name else {}),
     )
     result = train_audio_classifier(args.data_dir, args.out, options)
@@ -254,6 +255,7 @@ def _cmd_train_audio(args: argparse.Namespace) -> int:
 
 def _cmd_train_logs(args: argparse.Namespace) -> int:
     from training.train_logs import LogTrainOptions, train_log_anomaly
+    from training.versioning import timestamp_version
 
     options = LogTrainOptions(
         epochs=args.epochs,
@@ -266,6 +268,7 @@ def _cmd_train_logs(args: argparse.Namespace) -> int:
         input_format=args.format,
         train_fraction=args.train_fraction,
         patience=args.patience,
+        version=args.model_version or timestamp_version(),
         **({"name": args.name} if args.name else {}),
     )
     result = train_log_anomaly(args.data_dir, args.out, options)
@@ -294,6 +297,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             "audio-classification, log-anomaly, sensor-anomaly"
         )
     from training.train_image import ImageTrainOptions, train_image_classifier
+    from training.versioning import timestamp_version
 
     options = ImageTrainOptions(
         epochs=args.epochs,
@@ -306,7 +310,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         blocks=args.blocks,
         patience=args.patience,
         warmup_epochs=args.warmup_epochs,
-        version=args.model_version or _timestamp_version(),
+        version=args.model_version or timestamp_version(),
         **({"name": args.name} if args.name else {}),
     )
     result = train_image_classifier(args.data_dir, args.out, options)
@@ -315,14 +319,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"model folder: {result.out_dir}\n"
     )
     return 0
-
-
-def _timestamp_version() -> str:
-    """A version that orders by training time and fits the manifest's version pattern:
-    a retrained model must not carry the same version as the one it replaces."""
-    import datetime
-
-    return datetime.datetime.now(datetime.UTC).strftime("%Y%m%d.%H%M%S")
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:

@@ -30,6 +30,7 @@ from device.logs.config import (
     LogFileSourceConfig,
     SyslogSourceConfig,
 )
+from device.pipelines.log_config import LogAnomalyPipelineConfig
 from device.runtime import EdgeTpuMode
 from device.sensors.config import (
     HostMetricsSourceConfig,
@@ -320,14 +321,16 @@ def _pipeline_task(value: object) -> str:
 #: A ``[pipelines.NAME]`` table, keyed by ``task`` (default "image-classification").
 Pipeline = Annotated[
     Annotated[ClassificationPipeline, Tag("image-classification")]
-    | Annotated[SensorAnomalyPipelineConfig, Tag("sensor-anomaly")],
+    | Annotated[SensorAnomalyPipelineConfig, Tag("sensor-anomaly")]
+    | Annotated[LogAnomalyPipelineConfig, Tag("log-anomaly")],
     Discriminator(_pipeline_task),
 ]
-PIPELINE_TASKS = ("image-classification", "sensor-anomaly")
+PIPELINE_TASKS = ("image-classification", "sensor-anomaly", "log-anomaly")
 #: The source kinds each pipeline task reads.
 TASK_SOURCE_KINDS: dict[str, tuple[str, ...]] = {
     "image-classification": ("camera",),
     "sensor-anomaly": SENSOR_SOURCE_KINDS,
+    "log-anomaly": LOG_SOURCE_KINDS,
 }
 
 

@@ -55,6 +55,8 @@ from device.mqtt.topics import Topics
 from device.outbox import OUTBOX_FILE, Outbox
 from device.pipelines.lifecycle import Transition
 from device.pipelines.loaded import LoadedPipeline, build_pipeline
+from device.pipelines.log_config import LogAnomalyPipelineConfig
+from device.pipelines.log_runner import build_log_runner
 from device.pipelines.sensor_runner import build_sensor_runner
 from device.procstats import ProcessMonitor
 from device.prometheus import PrometheusEndpoint
@@ -401,6 +403,13 @@ class Daemon:
                 max_model_bytes=max_model_bytes(runtime),
             )
             return build_sensor_runner(name, config, bundle, runtime)
+        if isinstance(config, LogAnomalyPipelineConfig):
+            bundle = read_bundle(
+                config.model,
+                public_key=public_key_of(runtime),
+                max_model_bytes=max_model_bytes(runtime),
+            )
+            return build_log_runner(name, config, bundle, runtime)
         raise ConfigError(
             f"pipelines.{name}: task {config.task!r} does not read record sources"
         )

@@ -596,3 +596,14 @@ def test_workstation_cannot_pose_as_a_device(connect: Any) -> None:
 def test_wrong_password_is_refused(connect: Any) -> None:
     intruder = connect("pi-porch", password="guess")
     assert not intruder.connected.wait(2)
+
+
+@pytest.mark.parametrize(
+    "example", sorted((DEPLOY / "examples").glob("*.toml")), ids=lambda path: path.name
+)
+def test_every_example_config_is_valid(example: Path) -> None:
+    """Each shipped example loads as it is (its models and sources exist only on a Pi)."""
+    config = load_config(example)
+    assert config.pipelines
+    for pipeline in config.pipelines.values():
+        assert pipeline.source in config.sources

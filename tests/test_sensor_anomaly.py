@@ -130,7 +130,7 @@ def _scored(bundle: Path, series: GeneratedSeries) -> list:  # type: ignore[type
 def test_one_stretch_is_one_event_with_its_window(sensor_model: Trained) -> None:
     anomalies = spread_anomalies(900, ["spike"], lead=500, spacing=1)
     series = generate_series(900, anomalies, seed=7)
-    pipeline = _pipeline(sensor_model.bundle, update_every_windows=5)
+    pipeline = _pipeline(sensor_model.bundle, update_every_windows=5, min_windows=1)
     transitions = pipeline.process(_readings(series))
     types = [t.type for t in transitions]
     assert types[0] == "start" and types[-1] == "end" and set(types[1:-1]) <= {"update"}
@@ -180,6 +180,14 @@ def test_threshold_override_columns_and_series(sensor_model: Trained) -> None:
     assert stats.series == 1 and stats.unmatched_readings == 100
     filtered.set_threshold(0.5)
     assert filtered.threshold == 0.5
+    # A series forgotten (max_series) with its event open: the event ends.
+    crowded = _pipeline(sensor_model.bundle, max_series=1)
+    anomalies = spread_anomalies(600, ["drift"], lead=500, spacing=1, duration=100)
+    drifting = _readings(generate_series(600, anomalies, seed=9), "a")
+    opened = crowded.process(drifting)
+    assert [t.type for t in opened] == ["start"]
+    ended = crowded.process(_readings(series, "b")[:1])
+    assert [(t.type, t.series, t.event_id) for t in ended] == [("end", "a", opened[0].event_id)]
 
 
 def _irregular_csv(path: Path) -> Path:
@@ -276,7 +284,8 @@ def test_live_tail_to_events(sensor_model: Trained, tmp_path: Path) -> None:
     transitions += pipeline.flush()
     assert [t.type for t in transitions] == ["start", "end"]
     assert transitions[0].series == "pump"
-    assert transitions[0].window_end == float(series.timestamps[450])
+    # The default min_windows (4): raised by the fourth window that holds the spike.
+    assert transitions[0].window_end == float(series.timestamps[453])
     assert json.loads((tmp_path / "pos.json").read_text())["files"][0]["offset"] > 0
 
 

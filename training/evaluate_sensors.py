@@ -11,11 +11,12 @@ the windows up, as NAB's probationary period):
 
 * **recall**: labelled windows with at least one anomalous scored window ending inside
   them, over all labelled windows;
-* **event precision**: detected stretches (what becomes one event after debouncing)
-  raised inside a labelled window, over all stretches raised: an event raised outside
-  every labelled window is a false positive;
 * **window precision**: anomalous scored windows ending inside a labelled window, over
-  all anomalous windows.
+  all anomalous windows;
+* **event recall** and **event precision**, what a subscriber sees after debouncing:
+  labelled windows in which an event was raised (its start), over all labelled windows;
+  events raised inside a labelled window, over all events (one raised outside every
+  labelled window is a false positive).
 
 TensorFlow is never imported: the figures are the ones a device would produce.
 """
@@ -64,6 +65,8 @@ class FileEvaluation:
     events_in_label: int
     label_windows: int
     detected_label_windows: int
+    #: Labelled windows in which an event was raised.
+    evented_label_windows: int
     max_score: float
 
 
@@ -91,6 +94,11 @@ class SensorEvaluationResult:
         return self._sum("detected_label_windows") / total if total else 0.0
 
     @property
+    def event_recall(self) -> float:
+        total = self._sum("label_windows")
+        return self._sum("evented_label_windows") / total if total else 0.0
+
+    @property
     def event_precision(self) -> float:
         total = self._sum("events")
         return self._sum("events_in_label") / total if total else 0.0
@@ -101,8 +109,8 @@ class SensorEvaluationResult:
         return self._sum("anomalous_in_label") / total if total else 0.0
 
     @property
-    def f1(self) -> float:
-        p, r = self.event_precision, self.recall
+    def event_f1(self) -> float:
+        p, r = self.event_precision, self.event_recall
         return 2 * p * r / (p + r) if p + r else 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,14 +127,16 @@ class SensorEvaluationResult:
             "windows_per_s": round(self.windows_per_s, 1),
             "label_windows": self._sum("label_windows"),
             "detected_label_windows": self._sum("detected_label_windows"),
+            "evented_label_windows": self._sum("evented_label_windows"),
             "events": self._sum("events"),
             "events_in_label": self._sum("events_in_label"),
             "windows": self._sum("windows"),
             "anomalous_windows": self._sum("anomalous_windows"),
             "recall": self.recall,
-            "event_precision": self.event_precision,
             "window_precision": self.window_precision,
-            "f1": self.f1,
+            "event_recall": self.event_recall,
+            "event_precision": self.event_precision,
+            "event_f1": self.event_f1,
             "files": [asdict(f) for f in self.files],
         }
 
@@ -139,10 +149,14 @@ class SensorEvaluationResult:
         if self.labelled:
             lines.append(
                 f"recall {self.recall:.3f} ({self._sum('detected_label_windows')}/"
-                f"{self._sum('label_windows')} labelled windows), event precision "
-                f"{self.event_precision:.3f} ({self._sum('events_in_label')}/"
-                f"{self._sum('events')} events), window precision {self.window_precision:.3f}, "
-                f"F1 {self.f1:.3f}"
+                f"{self._sum('label_windows')} labelled windows with an anomalous window), "
+                f"window precision {self.window_precision:.3f}"
+            )
+            lines.append(
+                f"events: recall {self.event_recall:.3f} "
+                f"({self._sum('evented_label_windows')} labelled windows with an event), "
+                f"precision {self.event_precision:.3f} ({self._sum('events_in_label')}/"
+                f"{self._sum('events')} events inside a labelled window), F1 {self.event_f1:.3f}"
             )
         else:
             lines.append(f"no {LABELS_FILE} in {self.data_dir.name}: detections only")
@@ -241,6 +255,7 @@ def evaluate_series(
     counted = [s for s in spans if s[1] >= cutoff]
     events = np.array([t for t in raised if t >= cutoff], dtype=np.float64)
     detected = sum(1 for span in counted if bool(np.any(flags & _inside(ends, [span]))))
+    evented = sum(1 for span in counted if bool(np.any(_inside(events, [span]))))
     return FileEvaluation(
         file=name or series.name,
         samples=len(series),
@@ -251,6 +266,7 @@ def evaluate_series(
         events_in_label=int(_inside(events, counted).sum()),
         label_windows=len(counted),
         detected_label_windows=detected,
+        evented_label_windows=evented,
         max_score=float(scores.max()) if scores.size else 0.0,
     )
 

@@ -13,6 +13,7 @@ from dataclasses import replace
 
 from training.evaluate_sensors import evaluate_sensor_bundle
 from training.train_sensors import SensorTrainOptions, train_sensor_anomaly
+from training.versioning import timestamp_version
 
 
 def train_command(args: argparse.Namespace) -> int:
@@ -22,9 +23,10 @@ def train_command(args: argparse.Namespace) -> int:
         interval_s=args.interval,
         columns=tuple(c.strip() for c in args.columns.split(",")) if args.columns else None,
         epochs=args.epochs,
-        batch_size=args.batch_size,
+        **({"batch_size": args.batch_size} if args.batch_size else {}),
         seed=args.seed,
         patience=args.patience,
+        version=args.model_version or timestamp_version(),
         **({"name": args.name} if args.name else {}),
     )
     if args.quantile is not None:

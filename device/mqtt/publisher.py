@@ -467,10 +467,14 @@ class MqttPublisher:
             except Exception:  # a handler bug must not stop publishing
                 log.exception("handler for MQTT topic %s failed", message.topic)
 
+        self._client.message_callback_add(topic, deliver)
         with self._lock:
             self._subscriptions[topic] = callback
-        self._client.message_callback_add(topic, deliver)
-        if self.connected:
+        # paho's own state, not ours: ours is set only at the end of on_connect, which
+        # takes its list of topics at its start. A topic added in between would be
+        # subscribed by neither; paho reports connected before on_connect runs, so here
+        # it is subscribed (at worst twice, which the broker treats as one).
+        if self._client.is_connected():
             self._client.subscribe(topic, qos=1)
 
     # -- paho callbacks (network thread) ---------------------------------------------

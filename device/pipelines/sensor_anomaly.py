@@ -11,7 +11,7 @@ anomalous.
 Debouncing counts *windows*, not seconds: the tracker runs on each series' window
 ordinal as its timeline, so ``min_windows`` anomalous windows in a row start an event
 and ``end_after_windows`` windows below the threshold end it, whatever the sample rate
-(the default, one window's length, keeps a spike crossing the window one event).
+(the default, two windows' length, keeps a spike crossing the window one event).
 Transitions are then given the data's own times: the window that caused them, and for
 the end the span of the whole stretch.
 """
@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 TASK = "sensor-anomaly"
 LABEL = "anomaly"
+#: Column layouts whose mapping to the model's columns is remembered.
+MAX_COLUMN_LAYOUTS = 256
 FloatArray = np.ndarray[Any, np.dtype[np.float32]]
 
 
@@ -182,6 +184,7 @@ class SensorAnomalyPipeline:
         self._clip = (limits.min, limits.max) if limits is not None else (0, 0)
         self._series: OrderedDict[str, _Series] = OrderedDict()
         self._column_maps: dict[tuple[str, ...], tuple[int, ...] | None] = {}
+        self._evicted_ends: list[SensorTransition] = []
         self._events = self._event_section(config)
         self.latency = LatencyWindow()
         self._inferences = 0
@@ -215,7 +218,7 @@ class SensorAnomalyPipeline:
                 )
 
     def _event_section(self, config: SensorAnomalyPipelineConfig) -> EventSection:
-        end_after = config.end_after_windows or math.ceil(self.spec.window / self.spec.hop)
+        end_after = config.end_after_windows or 2 * math.ceil(self.spec.window / self.spec.hop)
         # Window ordinals are the trackers' timeline: "seconds" below count windows.
         return EventSection(
             min_frames=config.min_windows,
@@ -260,6 +263,8 @@ class SensorAnomalyPipeline:
             for result in self.infer(reading):
                 results.append(result)
                 transitions.extend(self._track(result))
+        transitions.extend(self._evicted_ends)
+        self._evicted_ends = []
         self.last_results = results
         self._transitions += len(transitions)
         return transitions
@@ -293,6 +298,8 @@ class SensorAnomalyPipeline:
         indices = self._column_maps.get(reading.columns, ())
         if indices == ():
             indices = self._resolve_columns(reading.columns)
+            if len(self._column_maps) >= MAX_COLUMN_LAYOUTS:
+                self._column_maps.clear()
             self._column_maps[reading.columns] = indices
         if indices is None:
             self._unmatched += 1
@@ -327,7 +334,9 @@ class SensorAnomalyPipeline:
             self._evicted_skipped += stats.skipped_windows
             self._evicted_out_of_order += stats.out_of_order
             if evicted.tracker.open_labels:
-                log.warning("pipeline %s: series %s evicted with an open event", self.name, old)
+                # Its event ends now rather than never (process() hands the end out).
+                log.info("pipeline %s: series %s forgotten with an open event", self.name, old)
+                self._evicted_ends.extend(self._flush_series(old, evicted, None))
         return state
 
     def _invoke(self, window: Window) -> float:
@@ -384,10 +393,11 @@ class SensorAnomalyPipeline:
 
     def _track(self, result: SensorWindowResult) -> list[SensorTransition]:
         state = self._series[result.series]
-        if result.anomalous:
-            state.pending_starts[result.index] = result.window_start
-        else:
+        if not result.anomalous:
             state.pending_starts.clear()
+        elif not state.tracker.open_labels:
+            # A run that may start an event (at most min_windows long).
+            state.pending_starts[result.index] = result.window_start
         scores = {LABEL: result.score} if result.anomalous else {}
         out = []
         for transition in state.tracker.observe(scores, float(result.index)):

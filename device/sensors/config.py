@@ -141,10 +141,13 @@ class SensorAnomalyPipelineConfig(_Section):
     series: tuple[str, ...] = ()
     #: Series tracked at once (each holds one window); the least recently seen goes.
     max_series: int = Field(1_000, ge=1)
-    #: Consecutive anomalous windows before an event starts.
-    min_windows: int = Field(1, ge=1)
-    #: Windows below the threshold before the event ends (None: one window's length,
-    #: ``ceil(window / hop)``, so a spike is one event while it crosses the window).
+    #: Consecutive anomalous windows before an event starts (a spike is in every window
+    #: that holds it, so this filters blips of a window or two at the cost of
+    #: ``min_windows - 1`` steps of delay).
+    min_windows: int = Field(4, ge=1)
+    #: Windows below the threshold before the event ends (None: two windows' length,
+    #: ``2 * ceil(window / hop)``, so a spike crossing the window, and anomalies closer
+    #: together than a window, are one event).
     end_after_windows: int | None = Field(None, ge=1)
     #: An update every this many anomalous windows while an event lasts (0: none).
     update_every_windows: int = Field(0, ge=0)

@@ -70,6 +70,11 @@ class NabRun:
         return self.total("detected_label_windows") / n if n else 0.0
 
     @property
+    def event_recall(self) -> float:
+        n = self.total("label_windows")
+        return self.total("evented_label_windows") / n if n else 0.0
+
+    @property
     def event_precision(self) -> float:
         n = self.total("events")
         return self.total("events_in_label") / n if n else 0.0
@@ -85,11 +90,12 @@ class NabRun:
             files = [f for f in self.files if f.file.startswith(folder + "/")]
             labels = sum(f.label_windows for f in files)
             found = sum(f.detected_label_windows for f in files)
+            evented = sum(f.evented_label_windows for f in files)
             events = sum(f.events for f in files)
             inside = sum(f.events_in_label for f in files)
             rows.append(
                 f"{folder:<22} files {len(files):2d}  recall {found:3d}/{labels:<3d}  "
-                f"events in label {inside:3d}/{events:<3d}"
+                f"event recall {evented:3d}/{labels:<3d}  events in label {inside:3d}/{events:<3d}"
             )
         return rows
 
@@ -139,8 +145,9 @@ def main(argv: Sequence[str]) -> int:
         sys.stdout.write(line + "\n")
     sys.stdout.write(json.dumps({
         "recall": round(run.recall, 4),
-        "event_precision": round(run.event_precision, 4),
         "window_precision": round(run.window_precision, 4),
+        "event_recall": round(run.event_recall, 4),
+        "event_precision": round(run.event_precision, 4),
         "windows_per_s": round(run.windows / run.score_s, 1) if run.score_s else 0.0,
         "train_s": round(run.train_s, 1),
     }) + "\n")  # fmt: skip

@@ -1,0 +1,94 @@
+"""A log-anomaly pipeline as the daemon drives it (device/record_worker.py).
+
+``LogAnomalyPipeline`` scores lines; this adapter turns the reportable anomalies of a
+batch into event drafts (one ``instant`` event per anomalous line, label ``anomaly``)
+carrying the line, its template and the model's surprise, and counts what the stats
+topic shows.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from device.bundle.reader import Bundle
+from device.config import RuntimeSection
+from device.latency import LatencyWindow
+from device.logs.record import LogLine
+from device.mqtt.payloads import LogDetails, ModelRef, PipelineState
+from device.pipelines.log_anomaly import LogAnomalyPipeline, LogScore
+from device.pipelines.log_config import LogAnomalyPipelineConfig
+from device.record_worker import EventDraft
+from device.runtime import load_for_manifest
+
+LABEL = "anomaly"
+#: Longest line carried in an event; the rest is cut (``truncated`` says so).
+MAX_EVENT_LINE = 2000
+
+
+class LogAnomalyRunner:
+    """Implements device.record_worker.RecordPipeline for log-anomaly models."""
+
+    def __init__(self, pipeline: LogAnomalyPipeline, state: PipelineState) -> None:
+        self.pipeline = pipeline
+        self.name = pipeline.name
+        self.source = pipeline.config.source
+        self.model = state.model
+        self.state = state
+        self.latency = LatencyWindow()
+        self.inferences = 0
+
+    def handle(self, records: Sequence[LogLine]) -> list[EventDraft]:
+        scores = self.pipeline.process_batch(records)
+        self.inferences += len(scores)
+        return [draft(score) for score in scores if score.report]
+
+    def flush(self, now: float) -> list[EventDraft]:
+        del now  # anomalies are instant events: nothing stays open
+        return []
+
+
+def draft(score: LogScore) -> EventDraft:
+    line = score.line
+    text = line.text
+    details = LogDetails(
+        origin=line.origin,
+        line=text[:MAX_EVENT_LINE],
+        truncated=line.truncated or len(text) > MAX_EVENT_LINE,
+        template_id=score.template_id,
+        template=score.template,
+        reason=score.reason,
+        surprise=None if score.surprise is None else round(score.surprise, 4),
+        rank=score.rank,
+    )
+    return EventDraft(
+        event_id=uuid.uuid4().hex,
+        type="instant",
+        label=LABEL,
+        score=score.score,
+        top_score=score.score,
+        captured_at=line.received_at,
+        log=details,
+    )
+
+
+def build_log_runner(
+    name: str, config: LogAnomalyPipelineConfig, bundle: Bundle, runtime_cfg: RuntimeSection
+) -> LogAnomalyRunner:
+    """Load and smoke-test the bundle, then the pipeline over it."""
+    bundle.require_task(config.task)
+    runtime = load_for_manifest(
+        bundle.manifest, bundle.model_bytes, runtime_cfg.threads, runtime_cfg.edgetpu
+    )
+    manifest = bundle.manifest
+    model = ModelRef(name=manifest.name, version=manifest.version, sha256=manifest.model.sha256)
+    state = PipelineState(
+        name=name,
+        source=config.source,
+        task=manifest.task,
+        model=model,
+        runtime=runtime.backend.name,
+        edgetpu=runtime.on_edgetpu,
+        threads=runtime_cfg.threads,
+    )
+    return LogAnomalyRunner(LogAnomalyPipeline(name, config, bundle, runtime), state)
