@@ -2,8 +2,8 @@
 
 * Real-time factor (RTF): features + inference + decisions per second of audio, through
   ``KeywordPipeline`` fed 100 ms chunks, the interpreter on one thread and the process
-  pinned to one core. The model is the default architecture (DS-CNN-S, 10 MFCC x 49
-  frames, int8), briefly trained on espeak-ng words: its cost, not its accuracy,
+  pinned to one core. The model is the default architecture (DS-CNN, 128 filters, 10
+  MFCC x 49 frames, int8), briefly trained on espeak-ng words: its cost, not its accuracy,
   matters here. Side by side in the same run: the same features computed with one
   librosa call per frame (what the feature module avoids, see its docstring), and the
   pipeline with its silence gate on half-quiet audio. Target: RTF <= 0.02.
@@ -138,12 +138,12 @@ def test_speech_commands_int8_on_unseen_speakers(tmp_path: Path) -> None:
     drop = 100.0 * (parity.reference_accuracy - parity.bundle_accuracy)
     accuracy = evaluation.metrics.accuracy
     report(
-        "Audio: Speech Commands, 12 classes, held-out speakers, DS-CNN-S int8",
+        "Audio: Speech Commands, 12 classes, held-out speakers, DS-CNN (width 128) int8",
         [
             f"trained {trained.epochs_run} epochs in {train_s:.0f} s on {trained.train_clips} "
             f"clips; validation speakers {trained.val_accuracy:.4f}",
             f"Keras on held-out speakers {parity.reference_accuracy:.4f}, int8 bundle "
-            f"{parity.bundle_accuracy:.4f} ({drop:+.2f} points), {parity.samples} clips",
+            f"{parity.bundle_accuracy:.4f} (int8 costs {drop:+.2f} points), {parity.samples} clips",
             f"edgewatch evaluate (int8, device path): {accuracy:.4f} on "
             f"{evaluation.metrics.samples} clips, macro F1 {evaluation.metrics.macro_f1:.3f}",
             f"streaming (120 held-out keyword clips 2 s apart in -50 dBFS pink noise, default "
