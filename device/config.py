@@ -419,7 +419,7 @@ def _resolve_paths(config: DeviceConfig, base: Path) -> DeviceConfig:
     def resolve_source(source: Source) -> Source:
         if isinstance(source, CameraSource):
             return source.model_copy(update={"file": resolve(source.file)})
-        if isinstance(source, LogFileSourceConfig):
+        if isinstance(source, LogFileSourceConfig | SensorFileSourceConfig):
             paths = tuple(str(resolve(Path(pattern))) for pattern in source.paths)
             return source.model_copy(update={"paths": paths})
         return source

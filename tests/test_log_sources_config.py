@@ -12,6 +12,7 @@ from device.check import check_config
 from device.config import CameraSource, load_config
 from device.errors import ConfigError
 from device.logs.config import JournalSourceConfig, LogFileSourceConfig, SyslogSourceConfig
+from device.sensors.config import SensorFileSourceConfig
 
 BASE = """
 [device]
@@ -48,8 +49,15 @@ units = ["ssh.service"]
 kind = "syslog"
 udp_port = 5514
 tcp_port = 0
+
+[sources.pump]
+kind = "sensor-file"
+paths = ["data/pump-*.csv"]
 """
     config = load_config(write(tmp_path, text))
+    pump = config.sources["pump"]
+    assert isinstance(pump, SensorFileSourceConfig)
+    assert pump.paths == (str(tmp_path / "data/pump-*.csv"),)
     assert isinstance(config.sources["front"], CameraSource)  # no kind: a camera
     app = config.sources["app"]
     assert isinstance(app, LogFileSourceConfig)

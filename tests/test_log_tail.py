@@ -75,7 +75,8 @@ def expected_lines(count: int) -> set[str]:
 
 
 def collect(source: TailSource, until: Callable[[Counter[str]], bool], timeout_s: float):
-    """Take and acknowledge lines until ``until(seen)`` or the deadline."""
+    """Take and acknowledge lines until ``until(seen)`` or the deadline (generous: on a
+    loaded 2-core CI machine the full-speed writers leave the follower far behind)."""
     seen: Counter[str] = Counter()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and not until(seen):
@@ -196,7 +197,7 @@ def test_rename_rotation_at_full_speed_sees_every_line_exactly_once(
     time.sleep(0.1)
     writer.send_signal(signal.SIGTERM)
     written = int(writer.communicate(timeout=60)[0])
-    seen = collect(source, lambda s: len(s) >= written, timeout_s=30)
+    seen = collect(source, lambda s: len(s) >= written, timeout_s=180)
     stats = source.stats()
     source.stop()
     duplicates = {text: n for text, n in seen.items() if n > 1}
@@ -241,7 +242,7 @@ def test_copytruncate_at_full_speed_sees_every_surviving_line_exactly_once(
     assert len(on_disk) == len(set(on_disk)), "a line is on disk twice"
     survivors = set(on_disk)
     seen = collect(
-        source, lambda s: len(s) >= len(survivors) and survivors <= s.keys(), timeout_s=30
+        source, lambda s: len(s) >= len(survivors) and survivors <= s.keys(), timeout_s=180
     )
     stats = source.stats()
     source.stop()

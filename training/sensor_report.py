@@ -26,7 +26,7 @@ class SensorReportPaths:
     json: Path
     markdown: Path
     curves_png: Path | None
-    scores_png: Path
+    scores_png: Path | None
 
 
 def _pyplot() -> Any:
@@ -94,10 +94,11 @@ def write_sensor_report(
     scores: np.ndarray[Any, Any],
     threshold: float,
     details: Mapping[str, Any],
+    plots: bool = True,
 ) -> SensorReportPaths:
     directory.mkdir(parents=True, exist_ok=True)
-    curves = plot_loss(history, directory / CURVES_PNG)
-    histogram = plot_scores(scores, threshold, directory / SCORES_PNG, title)
+    curves = plot_loss(history, directory / CURVES_PNG) if plots else None
+    histogram = plot_scores(scores, threshold, directory / SCORES_PNG, title) if plots else None
     quantiles = {
         f"p{q}": float(np.quantile(scores, q / 100)) for q in (50, 90, 99, 99.5, 99.9)
     }
@@ -115,7 +116,8 @@ def write_sensor_report(
     lines += [f"- **threshold**: {threshold:.6g}", ""]
     lines += ["| score quantile | value |", "|---|---:|"]
     lines += [f"| {key} | {value:.6g} |" for key, value in quantiles.items()]
-    lines += ["", f"![scores]({SCORES_PNG})"]
+    if histogram is not None:
+        lines += ["", f"![scores]({SCORES_PNG})"]
     if curves is not None:
         lines += ["", f"![training curves]({CURVES_PNG})"]
     md_path = directory / REPORT_MD

@@ -103,6 +103,9 @@ class SensorTrainOptions:
     name: str | None = None
     version: str = "1"
     progress: bool = True
+    #: Draw the report's PNGs (the JSON and Markdown are always written); benchmarks
+    #: that train dozens of models turn them off.
+    plots: bool = True
 
     def __post_init__(self) -> None:
         checks = (
@@ -334,6 +337,7 @@ def train_sensor_model(
         history=history,
         scores=scores,
         threshold=threshold,
+        plots=options.plots,
         details={
             "data": data_name,
             "columns": ", ".join(spec.column_names),

@@ -45,7 +45,7 @@ DEFAULT_FOLDERS = (
     "realTraffic",
     "realTweets",
 )
-OPTIONS = SensorTrainOptions(epochs=60, patience=8, progress=False, val_fraction=0.15)
+OPTIONS = SensorTrainOptions(epochs=60, patience=8, progress=False, plots=False)
 
 
 def nab_dir() -> Path:
