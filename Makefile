@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian package:a file it installs; packages whose file is missing are installed.
 TEST_PACKAGES := mosquitto:/usr/sbin/mosquitto mosquitto-clients:/usr/bin/mosquitto_sub \
-	systemd:/usr/bin/systemd-analyze
+	systemd:/usr/bin/systemd-analyze \
+	libportaudio2:/usr/share/doc/libportaudio2 espeak-ng:/usr/bin/espeak-ng
 BENCH_PACKAGES := $(TEST_PACKAGES) dataset-fashion-mnist:/usr/share/doc/dataset-fashion-mnist
 
 .PHONY: demo test bench models lint test-deps bench-deps arm64-check clean help

@@ -210,6 +210,13 @@ def convert_model(
 ) -> ConversionResult:
     """Convert, measure, write and self-check one bundle; see the module docstring."""
     info = read_info(model_dir)
+    if info.task == "audio-classification":
+        from converters.convert_audio import convert_audio_model
+
+        return convert_audio_model(
+            model_dir, info, level, out, calibration_dir=calibration_dir, sign_key=sign_key,
+            threads=threads,
+        )  # fmt: skip
     if info.task == "sensor-anomaly":
         from converters.sensor_convert import convert_sensor_model
 

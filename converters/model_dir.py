@@ -12,6 +12,10 @@ training writes this contract, the converter reads it. The folder holds
                         representative set when ``--calibration`` is not given
 - ``report/``           the training report (curves, confusion matrix, metrics)
 
+For audio models (``AudioPreprocessing``) ``heldout.npz`` and ``calibration.npz`` hold
+the model's float32 input features instead (``x`` of shape (n, frames, coefficients,
+1), computed by ``device.audio.features``), read with ``read_feature_samples``.
+
 For sensor-anomaly models ``heldout.npz`` and ``calibration.npz`` hold float32 windows
 (``x``: N x window x columns, already scaled by the device's own windowing code):
 validation windows, and the training windows the threshold is calibrated on.
@@ -97,6 +101,33 @@ def image_spec(info: TrainedModelInfo) -> ImagePreprocessing:
             f"model {info.name} is a {info.task} model; this step needs an image model"
         )
     return info.preprocessing
+
+
+@dataclass(frozen=True)
+class FeatureSamples:
+    """Model inputs already computed (audio features), with optional integer labels."""
+
+    x: np.ndarray[Any, np.dtype[np.float32]]
+    y: np.ndarray[Any, np.dtype[np.int64]] | None
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+def write_feature_samples(path: Path, samples: FeatureSamples) -> None:
+    if samples.y is None:
+        np.savez_compressed(path, x=samples.x.astype(np.float32))
+    else:
+        np.savez_compressed(path, x=samples.x.astype(np.float32), y=samples.y)
+
+
+def read_feature_samples(path: Path) -> FeatureSamples:
+    if not path.is_file():
+        raise DatasetError(f"{path} is missing; re-run `edgewatch train` to produce it")
+    with np.load(path, allow_pickle=False) as data:
+        x = data["x"].astype(np.float32)
+        y = data["y"].astype(np.int64) if "y" in data.files else None
+    return FeatureSamples(x=x, y=y)
 
 
 def write_info(directory: Path, info: TrainedModelInfo) -> None:

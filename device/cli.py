@@ -37,6 +37,25 @@ def _positive_int(value: str) -> int:
     return int(value)
 
 
+class _ExplicitInt(argparse.Action):
+    """Stores an int and remembers that the user gave it, for options whose default
+    differs by task (``_given``)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"_{self.dest}_given", True)
+
+
+def _given(args: argparse.Namespace, dest: str) -> bool:
+    return bool(getattr(args, f"_{dest}_given", False))
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from device.config import load_config
     from device.daemon import run_daemon
@@ -128,7 +147,18 @@ def _bundle_task(path: Path) -> str:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    if _bundle_task(args.bundle) == "log-anomaly":
+    task = _bundle_task(args.bundle)
+    if task == "audio-classification":
+        from device.audio.bench import render_audio_bench, run_audio_bench
+
+        audio = run_audio_bench(args.bundle, args.audio, threads=args.threads,
+                                seconds=args.seconds)  # fmt: skip
+        sys.stdout.write(
+            (json.dumps(audio.to_dict(), indent=2) if args.json else render_audio_bench(audio))
+            + "\n"
+        )
+        return 0
+    if task == "log-anomaly":
         from device.bench_logs import render_log_bench, run_log_bench
 
         logs = run_log_bench(args.bundle, log_file=args.log, lines=args.lines,
@@ -198,6 +228,31 @@ def _cmd_push(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_train_audio(args: argparse.Namespace) -> int:
+    from training.train_audio import AudioTrainOptions, train_audio_classifier
+    from training.versioning import timestamp_version
+
+    defaults = AudioTrainOptions()
+    options = AudioTrainOptions(
+        epochs=args.epochs if _given(args, "epochs") else defaults.epochs,
+        seed=args.seed,
+        batch_size=args.batch_size or defaults.batch_size,
+        features=args.features,
+        width=args.width or defaults.width,
+        synthetic_voices=args.synthetic_voices,
+        keywords=tuple(k for k in args.keywords.split(",") if k) if args.keywords else None,
+        version=args.model_version or timestamp_version(),
+        **({"name": args.name} if args.name else {}),
+    )
+    result = train_audio_classifier(args.data_dir, args.out, options)
+    sys.stdout.write(
+        f"trained {result.epochs_run} epochs on {result.train_clips} clips; held-out "
+        f"speakers: accuracy {result.test_accuracy:.3f} on {result.test_clips} clips "
+        f"(validation speakers {result.val_accuracy:.3f})\nmodel folder: {result.out_dir}\n"
+    )
+    return 0
+
+
 def _cmd_train_logs(args: argparse.Namespace) -> int:
     from training.train_logs import LogTrainOptions, train_log_anomaly
     from training.versioning import timestamp_version
@@ -228,6 +283,8 @@ def _cmd_train_logs(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    if args.task == "audio-classification":
+        return _cmd_train_audio(args)
     if args.task == "sensor-anomaly":
         from training.sensor_cli import train_command
 
@@ -237,7 +294,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.task != "image-classification":
         raise EdgewatchError(
             f"training for {args.task} is not available yet; supported: image-classification, "
-            "log-anomaly"
+            "audio-classification, log-anomaly, sensor-anomaly"
         )
     from training.train_image import ImageTrainOptions, train_image_classifier
     from training.versioning import timestamp_version
@@ -395,6 +452,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, default=2)
     bench.add_argument("--frames", type=int, default=200, help="frames (windows for sensors)")
     bench.add_argument(
+        "--audio", type=Path, help="audio bundles: a recording to feed (default: generated)"
+    )
+    bench.add_argument(
+        "--seconds", type=float, default=60.0, help="audio bundles: generated audio length"
+    )
+    bench.add_argument(
         "--log", type=Path, help="log bundles: a log file to score (default: generated lines)"
     )
     bench.add_argument("--lines", type=int, default=100_000, help="log bundles: lines to score")
@@ -464,13 +527,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("data_dir", type=Path)
     train.add_argument("--out", type=Path, required=True)
-    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument(
+        "--epochs", type=int, default=30, action=_ExplicitInt,
+        help="most epochs (default 30; 80 for audio, where early stopping usually ends sooner)",
+    )  # fmt: skip
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--input-size", type=int, default=96)
     train.add_argument("--alpha", type=float, default=0.5, help="width multiplier")
     train.add_argument("--color", choices=["rgb", "grey"], default="rgb")
     train.add_argument("--batch-size", type=int, default=None,
-                       help="default 32 for images, 256 for logs")  # fmt: skip
+                       help="default 32 for images, 256 for logs, 64 for audio")  # fmt: skip
     train.add_argument("--pretrained", choices=["imagenet"], default=None)
     train.add_argument(
         "--blocks", type=int, default=10, help="separable blocks (fewer for small inputs)"
@@ -506,6 +572,21 @@ def build_parser() -> argparse.ArgumentParser:
                       help="DIR/*.log lines, or DeepLog session files (normal.txt)")  # fmt: skip
     logs.add_argument("--train-fraction", type=float, default=0.1,
                       help="sessions: share of normal.txt trained on (seeded)")  # fmt: skip
+    audio = train.add_argument_group("audio-classification")
+    audio.add_argument(
+        "--keywords",
+        help="comma-separated word folders to keep as classes; other words become _unknown_ "
+        "(default: every folder is a class)",
+    )
+    audio.add_argument("--features", choices=["mfcc", "log-mel"], default="mfcc")
+    audio.add_argument(
+        "--width", type=int, default=None, help="DS-CNN filters (default 128; 64: DS-CNN-S)"
+    )
+    audio.add_argument(
+        "--synthetic-voices", type=int, default=0, metavar="N",
+        help="add every keyword spoken by N espeak-ng voice settings (and as many other "
+        "words as _unknown_) to the training split; needs espeak-ng (default 0)",
+    )  # fmt: skip
     train.set_defaults(handler=_cmd_train)
 
     convert = sub.add_parser("convert", help="Keras model folder → .ewm bundle")

@@ -102,3 +102,25 @@ def sensor_model(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     from tests.helpers_sensors import train_sensor_model
 
     return train_sensor_model(tmp_path_factory.mktemp("sensor-model"))
+
+
+@pytest.fixture(scope="session")
+def keyword_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny keyword model (yes, stop, left, _unknown_, _silence_) trained on espeak-ng
+    speech and generated noise; the folder it was trained on is its parent's ``data``."""
+    from tests.helpers_audio import make_keyword_model_dir
+    from training.synthetic.speech import espeak_available
+
+    if not espeak_available():
+        pytest.fail("espeak-ng is not installed; `make test` installs it with apt-get")
+    return make_keyword_model_dir(tmp_path_factory.mktemp("keywords"))
+
+
+@pytest.fixture(scope="session")
+def keyword_bundle(keyword_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The keyword model converted to int8."""
+    from converters.convert import convert_model
+
+    out = tmp_path_factory.mktemp("audio-bundles") / "keywords-int8.ewm"
+    convert_model(keyword_model_dir, "int8", out)
+    return out

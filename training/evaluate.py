@@ -42,6 +42,8 @@ class EvaluationResult:
     skipped_files: int
     threads: int
     report: ReportPaths | None = None
+    #: What one sample is, for the summary line.
+    unit: str = "images"
 
     @property
     def accuracy(self) -> float:
@@ -68,7 +70,7 @@ class EvaluationResult:
         width = max([len("label"), *(len(label) for label in m.labels)])
         lines = [
             f"{self.model}@{self.version} ({self.quantization}) on {self.data_dir.name}: "
-            f"accuracy {m.accuracy:.2%} over {m.samples} images, macro F1 {m.macro_f1:.3f}",
+            f"accuracy {m.accuracy:.2%} over {m.samples} {self.unit}, macro F1 {m.macro_f1:.3f}",
             f"mean invoke {self.mean_invoke_ms:.2f} ms with {self.threads} thread(s)"
             + (f"; {self.skipped_files} unreadable file(s) skipped" if self.skipped_files else ""),
             "",
@@ -117,6 +119,11 @@ def evaluate_bundle(
     data_dir = Path(data_dir)
     bundle = read_bundle(bundle_path, public_key=public_key)
     manifest = bundle.manifest
+    if manifest.task == "audio-classification":
+        from training.evaluate_audio import evaluate_audio_bundle
+
+        return evaluate_audio_bundle(bundle_path, bundle, data_dir, threads=threads,
+                                     out_dir=out_dir)  # fmt: skip
     spec = _image_preprocessing(manifest)
     parts = manifest.classifier_parts()
     softmax = parts is not None and parts[1].apply_softmax

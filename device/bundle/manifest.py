@@ -70,6 +70,73 @@ class ImagePreprocessing(_Frozen):
     offset: float = -1.0
 
 
+class AudioPreprocessing(_Frozen):
+    """How mono audio becomes the input tensor of a keyword/sound classifier.
+
+    Audio is resampled to ``sample_rate``. Frame ``i`` covers samples
+    ``[i * hop_length, i * hop_length + n_fft)``, weighted by a periodic Hann window of
+    ``win_length`` samples centred in ``n_fft`` (librosa's ``center=False`` framing);
+    its power spectrum goes through a Slaney mel filterbank (``n_mels`` bands from
+    ``fmin`` to ``fmax``) and ``log(mel + log_offset)``; ``mfcc`` then keeps the first
+    ``n_mfcc`` coefficients of the orthonormal DCT-II. Each feature is normalised with
+    ``(value - mean[k]) / std[k]`` (empty tuples: no normalisation). A model input is
+    the ``frames`` consecutive frames of one window of ``clip_samples`` samples.
+    ``device/audio/features.py`` is the one implementation, used by training and the
+    device alike.
+    """
+
+    kind: Literal["audio"] = "audio"
+    sample_rate: int = Field(16_000, ge=4_000, le=96_000)
+    #: Samples in one model window (a Speech Commands clip is one second).
+    clip_samples: int = Field(16_000, gt=0)
+    n_fft: int = Field(640, ge=16, le=8192)
+    win_length: int = Field(640, ge=16, le=8192)
+    hop_length: int = Field(320, ge=1)
+    n_mels: int = Field(40, ge=1, le=256)
+    fmin: float = Field(20.0, ge=0.0)
+    fmax: float = Field(4_000.0, gt=0.0)
+    log_offset: float = Field(1e-6, gt=0.0)
+    features: Literal["mfcc", "log-mel"] = "mfcc"
+    n_mfcc: int = Field(10, ge=1, le=256)
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AudioPreprocessing:
+        if self.win_length > self.n_fft:
+            raise ValueError("win_length must not exceed n_fft")
+        if self.clip_samples < self.n_fft:
+            raise ValueError("clip_samples must hold at least one frame (n_fft samples)")
+        if not self.fmin < self.fmax <= self.sample_rate / 2:
+            raise ValueError("need fmin < fmax <= sample_rate / 2")
+        if self.features == "mfcc" and self.n_mfcc > self.n_mels:
+            raise ValueError("n_mfcc must not exceed n_mels")
+        if len(self.mean) != len(self.std) or (
+            self.mean and len(self.mean) != self.coefficients
+        ):
+            raise ValueError(
+                f"mean and std need one value per feature ({self.coefficients}) or none"
+            )
+        if any(value <= 0.0 for value in self.std):
+            raise ValueError("std values must be positive")
+        return self
+
+    @property
+    def coefficients(self) -> int:
+        """Features per frame."""
+        return self.n_mfcc if self.features == "mfcc" else self.n_mels
+
+    @property
+    def frames(self) -> int:
+        """Frames in one model window."""
+        return 1 + (self.clip_samples - self.n_fft) // self.hop_length
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """The model's input tensor without the batch dimension: frames x features x 1."""
+        return (self.frames, self.coefficients, 1)
+
+
 class SensorColumn(_Frozen):
     """One value column of a sensor series and its z-score scaling: ``(x - mean) / std``."""
 
@@ -164,7 +231,8 @@ class LogPreprocessing(_Frozen):
 
 
 Preprocessing = Annotated[
-    ImagePreprocessing | SensorPreprocessing | LogPreprocessing, Field(discriminator="kind")
+    ImagePreprocessing | AudioPreprocessing | SensorPreprocessing | LogPreprocessing,
+    Field(discriminator="kind"),
 ]
 
 
@@ -336,6 +404,10 @@ class Manifest(_Frozen):
                 "sensor-window preprocessing and reconstruction decoding belong together, "
                 "in a sensor-anomaly manifest"
             )
+        if isinstance(self.preprocessing, AudioPreprocessing) and (
+            self.task != "audio-classification"
+        ):
+            raise ValueError("audio preprocessing belongs in an audio-classification manifest")
         if isinstance(self.preprocessing, LogPreprocessing):
             self._consistent_log_model(self.preprocessing)
         elif self.task == "log-anomaly":
