@@ -1,0 +1,1 @@
+"""Object detection on the device: decoded objects, motion gating, tracking, zones, snapshots."""
