@@ -224,8 +224,15 @@ install_python() {
         in_target "${pip[@]}" "$(with_extra "$package" device)"
     else
         [ "$minor" -le 11 ] || die "tflite-runtime has no wheels for Python 3.$minor"
-        # Not the device extra: it would pull ai-edge-litert, which is what failed.
-        in_target "${pip[@]}" "numpy<2" tflite-runtime opencv-python-headless "$package"
+        # Not the device extra: it would pull ai-edge-litert, which is what failed. The
+        # rest of the extra is named here instead; librosa (audio pipelines only) may
+        # have no wheel on armhf, so it is tried on its own and its absence only reported.
+        in_target "${pip[@]}" "numpy<2" tflite-runtime opencv-python-headless \
+            "prometheus_client>=0.20" "tqdm>=4.66" "soundfile>=0.12" "sounddevice>=0.4.6" \
+            "$package"
+        if ! in_target "${pip[@]}" "numpy<2" "librosa>=0.10"; then
+            say "librosa does not install here: audio (keyword) pipelines will not start"
+        fi
     fi
     in_target "$VENV/bin/edgewatch" --version
 }

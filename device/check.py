@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from device.audio.config import AudioSourceConfig, KeywordPipelineConfig
 from device.bundle.reader import read_bundle
 from device.bundle.signing import load_public_key
 from device.config import CameraSource, ClassificationPipeline, DeviceConfig, Source, load_config
@@ -82,7 +83,9 @@ def _check_models(config: DeviceConfig) -> list[CheckLine]:
             bundle = read_bundle(pipeline.model, public_key=key, max_model_bytes=max_bytes)
             bundle.require_task(pipeline.task)
             thresholds = (
-                pipeline.thresholds if isinstance(pipeline, ClassificationPipeline) else {}
+                pipeline.thresholds
+                if isinstance(pipeline, ClassificationPipeline | KeywordPipelineConfig)
+                else {}
             )
             unknown = sorted(set(thresholds) - set(bundle.manifest.labels))
             if unknown:
@@ -122,6 +125,20 @@ def _describe_sensor_source(source: Source) -> str:
     return source.kind
 
 
+def _check_audio_source(name: str, source: AudioSourceConfig) -> str:
+    """Open it as the daemon would (a missing file or program, no PortAudio, an
+    undecodable file are errors); a microphone not plugged in yet is retried by the
+    daemon, so it is only reported. The rate is a placeholder: nothing is read."""
+    from device.audio.inputs import import_portaudio, list_input_devices
+    from device.audio.stream import AudioStream
+
+    AudioStream(name, source, sample_rate=16_000).open_check()
+    if source.device is None:
+        return f"{source.describe()} opens"
+    devices = list_input_devices(import_portaudio())
+    return f"{source.describe()}; input devices here: {devices}"
+
+
 def _check_sources(config: DeviceConfig) -> list[CheckLine]:
     from device.sources.camera import CameraStream
 
@@ -131,6 +148,8 @@ def _check_sources(config: DeviceConfig) -> list[CheckLine]:
             if isinstance(source, CameraSource):
                 CameraStream(name, source).open_check()
                 detail = f"{source.describe()} opens"
+            elif isinstance(source, AudioSourceConfig):
+                detail = _check_audio_source(name, source)
             elif isinstance(source, LogFileSourceConfig | JournalSourceConfig | SyslogSourceConfig):
                 detail = source.check(name)
             else:

@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from device.audio.config import AudioSourceConfig, KeywordPipelineConfig
 from device.errors import ConfigError
 from device.logs.config import (
     LOG_SOURCE_KINDS,
@@ -279,11 +280,12 @@ Source = Annotated[
     | Annotated[SyslogSourceConfig, Tag("syslog")]
     | Annotated[SensorFileSourceConfig, Tag("sensor-file")]
     | Annotated[MqttSensorSourceConfig, Tag("sensor-mqtt")]
-    | Annotated[HostMetricsSourceConfig, Tag("host-metrics")],
+    | Annotated[HostMetricsSourceConfig, Tag("host-metrics")]
+    | Annotated[AudioSourceConfig, Tag("audio")],
     Discriminator(_source_kind),
 ]
 SENSOR_SOURCE_KINDS = ("sensor-file", "sensor-mqtt", "host-metrics")
-SOURCE_KINDS = ("camera", *LOG_SOURCE_KINDS, *SENSOR_SOURCE_KINDS)
+SOURCE_KINDS = ("camera", *LOG_SOURCE_KINDS, *SENSOR_SOURCE_KINDS, "audio")
 
 
 class EventSection(_Section):
@@ -322,15 +324,17 @@ def _pipeline_task(value: object) -> str:
 Pipeline = Annotated[
     Annotated[ClassificationPipeline, Tag("image-classification")]
     | Annotated[SensorAnomalyPipelineConfig, Tag("sensor-anomaly")]
-    | Annotated[LogAnomalyPipelineConfig, Tag("log-anomaly")],
+    | Annotated[LogAnomalyPipelineConfig, Tag("log-anomaly")]
+    | Annotated[KeywordPipelineConfig, Tag("audio-classification")],
     Discriminator(_pipeline_task),
 ]
-PIPELINE_TASKS = ("image-classification", "sensor-anomaly", "log-anomaly")
+PIPELINE_TASKS = ("image-classification", "sensor-anomaly", "log-anomaly", "audio-classification")
 #: The source kinds each pipeline task reads.
 TASK_SOURCE_KINDS: dict[str, tuple[str, ...]] = {
     "image-classification": ("camera",),
     "sensor-anomaly": SENSOR_SOURCE_KINDS,
     "log-anomaly": LOG_SOURCE_KINDS,
+    "audio-classification": ("audio",),
 }
 
 
@@ -417,7 +421,7 @@ def _resolve_paths(config: DeviceConfig, base: Path) -> DeviceConfig:
         return base / value
 
     def resolve_source(source: Source) -> Source:
-        if isinstance(source, CameraSource):
+        if isinstance(source, CameraSource | AudioSourceConfig):
             return source.model_copy(update={"file": resolve(source.file)})
         if isinstance(source, LogFileSourceConfig | SensorFileSourceConfig):
             paths = tuple(str(resolve(Path(pattern))) for pattern in source.paths)

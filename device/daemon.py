@@ -26,10 +26,12 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Protocol
 
 from pydantic import JsonValue
 
 from device import __version__
+from device.audio.config import KeywordPipelineConfig
 from device.bundle.reader import read_bundle
 from device.commands import CommandError, CommandHandler, ReloadReport, UInt8Image, unknown
 from device.config import CameraSource, DeviceConfig, load_config
@@ -53,6 +55,7 @@ from device.mqtt.payloads import (
 from device.mqtt.publisher import MqttPublisher
 from device.mqtt.topics import Topics
 from device.outbox import OUTBOX_FILE, Outbox
+from device.pipelines.keyword_runner import KeywordRunner, build_keyword_runner
 from device.pipelines.lifecycle import Transition
 from device.pipelines.loaded import LoadedPipeline, build_pipeline
 from device.pipelines.log_config import LogAnomalyPipelineConfig
@@ -74,6 +77,18 @@ log = logging.getLogger(__name__)
 STATE_POLL_S = 1.0
 
 __all__ = ["Daemon", "LoadedPipeline", "run_daemon"]
+
+
+class Thresholded(Protocol):
+    """A pipeline whose labels have thresholds (image and keyword classifiers)."""
+
+    @property
+    def labels(self) -> tuple[str, ...]: ...
+
+    @property
+    def thresholds(self) -> dict[str, float]: ...
+
+    def set_threshold(self, label: str, value: float) -> None: ...
 
 
 class Daemon:
@@ -388,6 +403,7 @@ class Daemon:
                 pipeline=pipeline.name,
                 log=draft.log,
                 sensor=draft.sensor,
+                audio=draft.audio,
             )
             self.publisher.publish_event(event)
             self._event_counts[pipeline.name] = self._event_counts.get(pipeline.name, 0) + 1
@@ -396,7 +412,9 @@ class Daemon:
         """A record pipeline from its config table, its model loaded and smoke-tested."""
         config = self.config.pipelines[name]
         runtime = self.config.runtime
-        if isinstance(config, SensorAnomalyPipelineConfig | LogAnomalyPipelineConfig):
+        if isinstance(
+            config, SensorAnomalyPipelineConfig | LogAnomalyPipelineConfig | KeywordPipelineConfig
+        ):
             bundle = read_bundle(
                 config.model,
                 public_key=public_key_of(runtime),
@@ -404,10 +422,10 @@ class Daemon:
             )
             if isinstance(config, SensorAnomalyPipelineConfig):
                 return build_sensor_runner(name, config, bundle, runtime)
+            if isinstance(config, KeywordPipelineConfig):
+                return build_keyword_runner(name, config, bundle, runtime)
             return build_log_runner(name, config, bundle, runtime)
-        raise ConfigError(
-            f"pipelines.{name}: task {config.task!r} does not read record sources"
-        )
+        raise ConfigError(f"pipelines.{name}: task {config.task!r} does not read record sources")
 
     # -- state and stats --------------------------------------------------------------
 
@@ -518,18 +536,25 @@ class Daemon:
         log.info("source %s %s by command", source, "enabled" if enabled else "disabled")
         self._publish_state_if_changed()
 
+    def _thresholded(self) -> dict[str, Thresholded]:
+        """Every pipeline whose labels have thresholds a command may set, by name."""
+        found: dict[str, Thresholded] = {p.name: p.pipeline for p in self.pipelines}
+        found.update({p.name: p for p in self.records.pipelines if isinstance(p, KeywordRunner)})
+        return found
+
     def set_threshold(self, label: str, value: float, pipeline: str | None) -> list[str]:
-        candidates = [p for p in self.pipelines if pipeline is None or p.name == pipeline]
+        every = self._thresholded()
+        candidates = {n: p for n, p in every.items() if pipeline is None or n == pipeline}
         if not candidates:
-            raise unknown("pipeline", pipeline or "", [p.name for p in self.pipelines])
-        targets = [p for p in candidates if label in p.pipeline.labels]
+            raise unknown("pipeline", pipeline or "", sorted(every))
+        targets = {n: p for n, p in candidates.items() if label in p.labels}
         if not targets:
-            labels = sorted({lb for p in candidates for lb in p.pipeline.labels})
+            labels = sorted({lb for p in candidates.values() for lb in p.labels})
             raise unknown("label", label, labels)
-        for loaded in targets:
-            loaded.pipeline.set_threshold(label, value)
+        for target in targets.values():
+            target.set_threshold(label, value)
         log.info("threshold of %s set to %.3f by command", label, value)
-        return [p.name for p in targets]
+        return list(targets)
 
     def latest_image(self, source: str) -> UInt8Image | None:
         if source not in self.streams:
@@ -547,8 +572,15 @@ class Daemon:
         restart = [
             section
             for section in (
-                "device", "mqtt", "runtime", "homeassistant", "prometheus", "outbox",
-                "examples", "models", "supervision",
+                "device",
+                "mqtt",
+                "runtime",
+                "homeassistant",
+                "prometheus",
+                "outbox",
+                "examples",
+                "models",
+                "supervision",
             )
             if getattr(new, section) != getattr(old, section)
         ]
@@ -568,6 +600,22 @@ class Daemon:
             merged = current.model_copy(update={key: getattr(fresh, key) for key in live})
             changed = [k for k in sorted(live) if getattr(merged, k) != getattr(current, k)]
             updates.append((loaded, merged, changed))
+        keyword_updates = []
+        for record in self.records.pipelines:
+            wanted = new.pipelines.get(record.name)
+            if wanted is None or wanted == old.pipelines.get(record.name):
+                continue
+            if not isinstance(record, KeywordRunner) or not isinstance(
+                wanted, KeywordPipelineConfig
+            ):
+                restart.append(f"pipelines.{record.name}")  # no live settings (yet)
+                continue
+            now = record.pipeline.config
+            if wanted.model_dump(exclude=live) != now.model_dump(exclude=live):
+                restart.append(f"pipelines.{record.name}")
+            merged_kw = now.model_copy(update={key: getattr(wanted, key) for key in live})
+            changed = [k for k in sorted(live) if getattr(merged_kw, k) != getattr(now, k)]
+            keyword_updates.append((record, merged_kw, changed))
         # Check every pipeline before changing any, so a bad file changes nothing.
         for loaded, merged, _ in updates:
             names = (*merged.thresholds, *merged.ignore_labels)
@@ -577,11 +625,20 @@ class Daemon:
                     f"{self.config_path}: pipelines.{loaded.name} names label(s) "
                     f"{missing} that model {loaded.model.name} lacks; nothing was changed"
                 )
+        for record, merged_kw, _ in keyword_updates:
+            try:
+                record.pipeline.check_config(merged_kw)
+            except ConfigError as exc:
+                raise CommandError(f"{self.config_path}: {exc}; nothing was changed") from exc
         pipelines = dict(old.pipelines)
         for loaded, merged, changed in updates:
             loaded.pipeline.reconfigure(merged)
             pipelines[loaded.name] = merged
             applied += [f"pipelines.{loaded.name}.{key}" for key in changed]
+        for record, merged_kw, changed in keyword_updates:
+            record.pipeline.reconfigure(merged_kw)
+            pipelines[record.name] = merged_kw
+            applied += [f"pipelines.{record.name}.{key}" for key in changed]
         if new.stats != old.stats:
             applied.append("stats")
         self.config = old.model_copy(update={"stats": new.stats, "pipelines": pipelines})
@@ -595,8 +652,8 @@ class Daemon:
         self._last_state = state
         self.publisher.publish_state(state)
         thresholds: dict[str, JsonValue] = {
-            p.name: {label: round(v, 4) for label, v in p.pipeline.thresholds.items()}
-            for p in self.pipelines
+            name: {label: round(v, 4) for label, v in p.thresholds.items()}
+            for name, p in self._thresholded().items()
         }
         document: dict[str, JsonValue] = state.model_dump(mode="json", by_alias=True)
         document["thresholds"] = thresholds

@@ -29,6 +29,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import BaseModel, ConfigDict
 
 from device import __version__
+from device.audio.config import KeywordPipelineConfig
+from device.bundle.manifest import ClassificationDecoding
 from device.config import ClassificationPipeline, DeviceConfig
 from device.errors import EdgewatchError
 from device.mqtt.client_options import make_client
@@ -354,18 +356,19 @@ def pipelines_from_config(config: DeviceConfig) -> list[PipelineInfo]:
     max_bytes = int(config.runtime.max_model_mb * 1024 * 1024)
     infos = []
     for name, pipeline in config.pipelines.items():
-        if not isinstance(pipeline, ClassificationPipeline):
+        if not isinstance(pipeline, ClassificationPipeline | KeywordPipelineConfig):
             # Anomaly pipelines report one label (the daemon's record sources say so too).
             infos.append(PipelineInfo(name=name, source=pipeline.source, reportable=("anomaly",)))
             continue
         manifest = read_bundle(pipeline.model, max_model_bytes=max_bytes).manifest
-        parts = manifest.classifier_parts()
-        background = parts[1].background_labels if parts is not None else ()
+        decoding = manifest.decoding
+        background = (
+            decoding.background_labels if isinstance(decoding, ClassificationDecoding) else ()
+        )
         reportable = tuple(
             label
             for label in manifest.labels
-            if label not in background
-            and label not in pipeline.ignore_labels
+            if label not in background and label not in pipeline.ignore_labels
         )
         infos.append(PipelineInfo(name=name, source=pipeline.source, reportable=reportable))
     return infos

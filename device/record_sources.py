@@ -15,7 +15,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
+from device.audio.config import AudioSourceConfig
+from device.audio.record_source import AudioRecordSource
+from device.audio.stream import AudioSourceStats
 from device.config import DeviceConfig, Source
+from device.errors import ConfigError
 from device.homeassistant import PipelineInfo
 from device.logs.config import JournalSourceConfig, LogFileSourceConfig, SyslogSourceConfig
 from device.logs.journal import JournalStats
@@ -42,7 +46,7 @@ log = logging.getLogger(__name__)
 RATE_WINDOW_S = 5.0
 LOG_SOURCE_TYPES = (LogFileSourceConfig, JournalSourceConfig, SyslogSourceConfig)
 SENSOR_SOURCE_TYPES = (SensorFileSourceConfig, MqttSensorSourceConfig, HostMetricsSourceConfig)
-RECORD_SOURCE_TYPES = (*LOG_SOURCE_TYPES, *SENSOR_SOURCE_TYPES)
+RECORD_SOURCE_TYPES = (*LOG_SOURCE_TYPES, *SENSOR_SOURCE_TYPES, AudioSourceConfig)
 
 #: Builds the pipeline ``name`` from its config table (the daemon's builder).
 PipelineBuilder = Callable[[str], RecordPipeline]
@@ -74,10 +78,27 @@ def snapshot(stats: object) -> SourceSnapshot:
             stats.readings, stats.dropped, stats.connects, stats.queue_depth, stats.status,
             stats.detail,
         )  # fmt: skip
+    if isinstance(stats, AudioSourceStats):
+        return SourceSnapshot(
+            stats.chunks, stats.dropped_chunks, stats.reconnects, stats.queue_depth,
+            stats.status, stats.detail or stats.last_error,
+        )  # fmt: skip
     if isinstance(stats, SyslogStats):
         received = stats.udp_messages + stats.tcp_messages
         return SourceSnapshot(received, stats.dropped, 0, stats.queue_depth, stats.status, "")
     raise TypeError(f"unknown record source stats {type(stats).__name__}")
+
+
+def _one_sample_rate(source: str, pipelines: Sequence[RecordPipeline]) -> int:
+    """The rate an audio source is opened at: its pipelines' models' (the stream
+    resamples whatever the input delivers to it once, not once per pipeline)."""
+    rates = {p.name: int(getattr(p, "sample_rate", 0)) for p in pipelines}
+    if len(set(rates.values())) != 1 or 0 in rates.values():
+        raise ConfigError(
+            f"source {source}: its pipelines need different sample rates {rates}; give each "
+            "rate its own [sources.NAME] (two sources may read the same device or file)"
+        )
+    return next(iter(rates.values()))
 
 
 class _Rate:
@@ -116,6 +137,8 @@ class RecordSources:
             opened: RecordSource
             if isinstance(source, LOG_SOURCE_TYPES):
                 opened = source.open(name, config.device.state_dir)
+            elif isinstance(source, AudioSourceConfig):
+                opened = AudioRecordSource(name, source, _one_sample_rate(name, pipelines))
             else:
                 opened = build_sensor_source(
                     name, source, state_dir=config.device.state_dir, mqtt=config.mqtt
@@ -233,5 +256,5 @@ class RecordSources:
         return figures
 
     def entity_infos(self) -> Sequence[PipelineInfo]:
-        return [PipelineInfo(name=p.name, source=p.source, reportable=("anomaly",))
+        return [PipelineInfo(name=p.name, source=p.source, reportable=p.reportable)
                 for p in self.pipelines]  # fmt: skip

@@ -1,4 +1,4 @@
-"""The inference thread of a record source: log lines (and, later, sensor readings).
+"""The inference thread of a record source: log lines, sensor readings, audio chunks.
 
 Record sources differ from cameras in what matters: a camera's newest frame is all
 that counts (old ones are dropped when inference falls behind), whereas every log line
@@ -24,7 +24,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from device.latency import LatencyWindow
-from device.mqtt.payloads import EventType, LogDetails, ModelRef, PipelineState, SensorWindow
+from device.mqtt.payloads import (
+    AudioWindow,
+    EventType,
+    LogDetails,
+    ModelRef,
+    PipelineState,
+    SensorWindow,
+)
 from device.supervision import InferenceClock, Supervisor
 
 log = logging.getLogger(__name__)
@@ -48,6 +55,7 @@ class EventDraft:
     duration_s: float = 0.0
     log: LogDetails | None = None
     sensor: SensorWindow | None = None
+    audio: AudioWindow | None = None
 
 
 class RecordPipeline(Protocol):
@@ -58,8 +66,16 @@ class RecordPipeline(Protocol):
     model: ModelRef
     state: PipelineState
     latency: LatencyWindow
-    #: Records scored since start.
-    inferences: int
+
+    @property
+    def inferences(self) -> int:
+        """Records (or windows) scored since start."""
+        ...
+
+    @property
+    def reportable(self) -> tuple[str, ...]:
+        """Labels its events can carry (Home Assistant makes one entity each)."""
+        ...
 
     def handle(self, records: Sequence[Any]) -> list[EventDraft]:
         """Score a batch (in order); the events it gives."""

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from device.bundle.manifest import AudioPreprocessing
+from device.errors import MissingExtraError
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,10 @@ class FeatureExtractor:
     """
 
     def __init__(self, spec: AudioPreprocessing) -> None:
-        import librosa
+        try:
+            import librosa
+        except ImportError as exc:
+            raise MissingExtraError("librosa (audio features)", "device") from exc
 
         self.spec = spec
         window = librosa.filters.get_window("hann", spec.win_length, fftbins=True)

@@ -1,38 +1,14 @@
-"""The audio extra of a detection event, as it goes on the wire.
-
-``AudioWindow`` is meant to join ``device/mqtt/payloads.py`` as ``Event.audio`` (like
-``Event.box`` for images); it lives here until the daemon publishes keyword events.
-A keyword detection is an ``instant`` event: ``captured_at`` is the end of its window,
-``score`` the detection's smoothed score, ``top_score`` its best single window,
-``duration_s`` the length of the sound inside the window.
-"""
+"""A keyword detection's audio window, as ``Event.audio`` carries it on the wire."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
-
+from device.mqtt.payloads import AudioWindow
 from device.pipelines.keyword import KeywordDetection
 
 
-class AudioWindow(BaseModel):
-    """Where in a source's audio a detection was heard (Unix times, seconds)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    #: The model window the keyword is in: its first and last sample.
-    start: float
-    end: float
-    #: The sound inside that window (frames clearly above the window's noise floor).
-    speech_start: float
-    speech_end: float
-    #: The window's start on the source's sample timeline (seconds since it started):
-    #: exact even where the Unix times were re-anchored to the clock.
-    offset_s: float
-    #: Consecutive windows in which the label led (more: said longer or louder).
-    windows: int
-
-
 def audio_window(detection: KeywordDetection) -> AudioWindow:
+    """Stream-time positions become Unix times through the window's own anchor, so the
+    speech bounds stay consistent with ``start`` even after the clock was re-anchored."""
     shift = detection.started_at - detection.window_start_s
     return AudioWindow(
         start=detection.started_at,

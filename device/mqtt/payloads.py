@@ -177,6 +177,27 @@ class SensorWindow(_Wire):
     threshold: float
 
 
+class AudioWindow(_Wire):
+    """Where in a source's audio a detection was heard (Unix times, seconds).
+
+    A keyword detection is an ``instant`` event: its ``captured_at`` is the end of this
+    window, ``score`` the smoothed score, ``top_score`` the best single window and
+    ``duration_s`` the length of the sound inside the window.
+    """
+
+    #: The model window the keyword is in: its first and last sample.
+    start: float
+    end: float
+    #: The sound inside that window (frames clearly above the window's noise floor).
+    speech_start: float
+    speech_end: float
+    #: The window's start on the source's sample timeline (seconds since it started):
+    #: exact even where the Unix times were re-anchored to the clock.
+    offset_s: float
+    #: Consecutive windows in which the label led (more: said longer or louder).
+    windows: int
+
+
 class Event(_Wire):
     """One detection event, QoS 1 on ``<prefix>/<device>/events/<source>``."""
 
@@ -205,6 +226,8 @@ class Event(_Wire):
     duration_s: float = 0.0
     box: Box | None = None
     sensor: SensorWindow | None = None
+    #: audio-classification events: the window the sound was heard in.
+    audio: AudioWindow | None = None
     pipeline: str
     #: log-anomaly events: the line and why it is anomalous.
     log: LogDetails | None = None

@@ -251,6 +251,16 @@ class KeywordPipeline:
         self.thresholds = thresholds
         self.reportable = reportable
 
+    def check_config(self, config: KeywordPipelineConfig) -> None:
+        """ConfigError if ``reconfigure(config)`` would be refused; changes nothing."""
+        self._hop_frames(config.events.hop_ms)
+        missing = [x for x in (*config.thresholds, *config.ignore_labels) if x not in self.labels]
+        if missing:
+            raise ConfigError(
+                f"pipelines.{self.name} names label(s) {missing} that model "
+                f"{self.manifest.model_ref} lacks; its labels are: {', '.join(self.labels)}"
+            )
+
     def reconfigure(self, config: KeywordPipelineConfig) -> None:
         """Apply new thresholds, ignored labels, smoothing, patience, cooldown and gate
         without reloading the model; ConfigError (nothing changed) for a label the model

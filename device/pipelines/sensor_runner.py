@@ -15,7 +15,7 @@ from device.config import RuntimeSection
 from device.latency import LatencyWindow
 from device.mqtt.payloads import PipelineState
 from device.pipelines.loaded import load_model
-from device.pipelines.sensor_anomaly import SensorAnomalyPipeline, SensorTransition
+from device.pipelines.sensor_anomaly import LABEL, SensorAnomalyPipeline, SensorTransition
 from device.record_worker import EventDraft
 from device.sensors.config import SensorAnomalyPipelineConfig
 from device.sensors.reading import Reading
@@ -32,6 +32,7 @@ class SensorAnomalyRunner:
         self.state = state
         self.latency = LatencyWindow()
         self.inferences = 0
+        self.reportable: tuple[str, ...] = (LABEL,)
 
     def handle(self, records: Sequence[Reading]) -> list[EventDraft]:
         transitions = self.pipeline.process(records)
