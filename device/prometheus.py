@@ -102,13 +102,19 @@ class StatsCollector:
             (*per_pipeline, "quantile"),
         )
         events = counter("edgewatch_pipeline_events", "Events published.", per_pipeline)
+        gated = counter(
+            "edgewatch_pipeline_gated",
+            "Frames or audio windows not inferred: no motion, or silence.",
+            per_pipeline,
+        )
         for pipeline in stats.pipelines:
             labels = [device, pipeline.name]
             inferences.add_metric(labels, pipeline.inferences)
+            gated.add_metric(labels, pipeline.gated)
             latency.add_metric([*labels, "0.5"], pipeline.inference_ms_p50 / 1000.0)
             latency.add_metric([*labels, "0.99"], pipeline.inference_ms_p99 / 1000.0)
             events.add_metric(labels, pipeline.events)
-        families += [inferences, latency, events]
+        families += [inferences, latency, events, gated]
         yield from families
 
 

@@ -251,6 +251,7 @@ class RecordSources:
                     inference_ms_p50=round(latency.p50_ms, 4),
                     inference_ms_p99=round(latency.p99_ms, 4),
                     events=events.get(pipeline.name, 0),
+                    gated=pipeline.gated,
                 )
             )
         return figures

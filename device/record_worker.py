@@ -73,6 +73,11 @@ class RecordPipeline(Protocol):
         ...
 
     @property
+    def gated(self) -> int:
+        """Records not scored because a gate judged them empty (silent audio)."""
+        ...
+
+    @property
     def reportable(self) -> tuple[str, ...]:
         """Labels its events can carry (Home Assistant makes one entity each)."""
         ...

@@ -298,6 +298,9 @@ class PipelineStats(_Wire):
     inference_ms_p50: float
     inference_ms_p99: float
     events: int
+    #: Frames (or audio windows) not inferred because nothing moved (or it was silent):
+    #: gated, not lost. ``inferences`` counts the rest.
+    gated: int = 0
 
 
 class Stats(_Wire):

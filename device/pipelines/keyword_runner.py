@@ -40,6 +40,10 @@ class KeywordRunner:
         return self.pipeline.stats().inferences
 
     @property
+    def gated(self) -> int:
+        return self.pipeline.stats().gated
+
+    @property
     def labels(self) -> tuple[str, ...]:
         return self.pipeline.labels
 

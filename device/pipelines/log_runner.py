@@ -37,6 +37,7 @@ class LogAnomalyRunner:
         self.state = state
         self.latency = LatencyWindow()
         self.inferences = 0
+        self.gated = 0  # every line / reading is scored
         self.reportable: tuple[str, ...] = (LABEL,)
 
     def handle(self, records: Sequence[LogLine]) -> list[EventDraft]:

@@ -32,6 +32,7 @@ class SensorAnomalyRunner:
         self.state = state
         self.latency = LatencyWindow()
         self.inferences = 0
+        self.gated = 0  # every line / reading is scored
         self.reportable: tuple[str, ...] = (LABEL,)
 
     def handle(self, records: Sequence[Reading]) -> list[EventDraft]:
