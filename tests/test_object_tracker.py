@@ -142,7 +142,8 @@ def test_timing_matches_the_classifier_tracker_when_every_frame_is_looked_at() -
             )
             reference = EventTracker(events, clock=FixedClock(0.0))
             tracker = ObjectTracker(section)
-            expected, got = [], []
+            expected: list[Transition] = []
+            got: list[ObjectTransition] = []
             for index, score in enumerate(pattern):
                 scores = {} if score is None else {"cat": score}
                 objects = [] if score is None else [DetectedObject("cat", score, box)]
@@ -164,7 +165,7 @@ def test_timing_matches_the_classifier_tracker_when_every_frame_is_looked_at() -
 def test_frames_the_model_skipped_do_not_end_an_event() -> None:
     tracker = ObjectTracker(TrackerSection(min_frames=2, end_after_s=1.0, update_interval_s=0))
     car = DetectedObject("car", 0.9, NormBox(0.1, 0.1, 0.3, 0.3))
-    out = []
+    out: list[ObjectTransition] = []
     for index in range(10):
         out += tracker.observe([car], at(index), frame_index=index).transitions
     assert [t.type for t in out] == ["start"]
@@ -196,7 +197,7 @@ def test_objects_outside_the_region_looked_at_are_not_missed() -> None:
     first = tracker.observe([left, right], at(0), frame_index=0)
     assert [t.type for t in first.transitions] == ["start", "start"]
     right_half = NormBox(0.5, 0.0, 1.0, 1.0)
-    ended = []
+    ended: list[ObjectTransition] = []
     for index in range(1, 40):  # the model runs on the right half only; both have gone
         ended += tracker.observe([], at(index), frame_index=index, region=right_half).transitions
     assert [t.box for t in ended] == [right.box]  # only the one it looked for
@@ -216,7 +217,8 @@ def test_zones_entered_and_required_zones() -> None:
     walk = lane(0.4, 0.0, 0.85, 40)  # left to right through path, then porch
     plain = ObjectTracker(TrackerSection(min_frames=2, update_interval_s=0.0))
     strict = ObjectTracker(TrackerSection(min_frames=2), required_zones=("porch",))
-    plain_out, strict_out = [], []
+    plain_out: list[ObjectTransition] = []
+    strict_out: list[ObjectTransition] = []
     for index, box in enumerate(walk):
         placed = areas.place([DetectedObject("person", 0.9, box)])
         plain_out += plain.observe(placed, at(index), frame_index=index).transitions
@@ -249,8 +251,8 @@ def test_zones_entered_and_required_zones() -> None:
 def test_best_frame_is_the_highest_score() -> None:
     tracker = ObjectTracker(TrackerSection(min_frames=2, end_after_s=0.0))
     scores = [0.5, 0.6, 0.9, 0.7, 0.8]
-    improved = []
-    transitions = []
+    improved: list[int] = []
+    transitions: list[ObjectTransition] = []
     for index, score in enumerate(scores):
         box = NormBox(0.1 + index * 0.01, 0.1, 0.3 + index * 0.01, 0.3)
         step = tracker.observe([DetectedObject("cat", score, box)], at(index), frame_index=index)

@@ -146,3 +146,12 @@ def test_full_frame_snapshots_and_disabled_keeper() -> None:
     assert (snapshot.snapshot.width, snapshot.snapshot.height) == (320, 180)
     off = SnapshotKeeper(SnapshotSection())
     assert off.update(step, frame) == () and off.kept == 0
+
+
+def test_the_smallest_allowed_cap_always_fits(noise: Image) -> None:
+    """A tall, narrow strip of noise: shrinking only to 16 px wide would not be enough."""
+    strip = np.ascontiguousarray(np.tile(noise[:, :16], (4, 1, 1)))  # 16 x 4320 px
+    cap = SnapshotSection.model_fields["max_bytes"].metadata[0].ge
+    snapshot = encode_snapshot(strip, max_width=640, quality=95, max_bytes=cap)
+    assert len(snapshot.jpeg) <= cap
+    assert decode(snapshot.jpeg).shape[0] == snapshot.height > snapshot.width

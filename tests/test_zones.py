@@ -148,7 +148,7 @@ def test_rasterised_masks_cover_the_right_pixels() -> None:
     assert rasterise([whole], 160, 120).all()
     left = ((0.0, 0.0), (0.5, 0.0), (0.5, 1.0), (0.0, 1.0))
     mask = rasterise([left], 160, 120)
-    columns = mask.any(axis=0)
+    columns = np.asarray(mask.any(axis=0))
     assert 79 <= int(columns.sum()) <= 81 and columns[:79].all() and not columns[82:].any()
     assert mask[:, :79].all()
     two = rasterise([left, ((0.9, 0.9), (1.0, 0.9), (1.0, 1.0))], 100, 100)

@@ -36,8 +36,9 @@ UInt8Image = np.ndarray[Any, np.dtype[np.uint8]]
 MIN_QUALITY = 20
 #: Quality steps tried before reducing the size.
 QUALITY_STEP = 15
-#: Narrowest image tried before giving up.
-MIN_WIDTH = 16
+#: Smallest image tried (its longer side) before giving up; a 16x16 JPEG is well under
+#: the smallest cap the config allows (2048 bytes).
+MIN_SIDE = 16
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,8 @@ def encode_snapshot(image: UInt8Image, max_width: int, quality: int, max_bytes: 
 
     Tries ``quality``, then lower qualities in steps down to MIN_QUALITY, then smaller
     sizes at that quality (each step sized from how far over the cap the last try was)
-    down to MIN_WIDTH pixels. Raises SnapshotError when even that does not fit.
+    down to MIN_SIDE pixels on the longer side. Raises SnapshotError when even that
+    does not fit.
     """
     if image.size == 0:
         raise SnapshotError("cannot encode an empty image")
@@ -68,15 +70,17 @@ def encode_snapshot(image: UInt8Image, max_width: int, quality: int, max_bytes: 
         if quality > MIN_QUALITY:
             quality = max(MIN_QUALITY, quality - QUALITY_STEP)
             continue
-        if width <= MIN_WIDTH:
+        side = max(width, height)
+        if side <= MIN_SIDE:
             raise SnapshotError(
-                f"a JPEG of this image does not fit in {max_bytes} bytes even at {width} px "
-                f"wide and quality {quality}; raise the size cap"
+                f"a JPEG of this image does not fit in {max_bytes} bytes even at "
+                f"{width}x{height} px and quality {quality}; raise the size cap"
             )
-        # JPEG size grows roughly with the pixel count: aim a little under the cap.
-        factor = min(0.8, max(0.25, 0.9 * math.sqrt(max_bytes / len(data))))
-        width = max(MIN_WIDTH, round(width * factor))
-        height = max(1, round(image.shape[0] * width / image.shape[1]))
+        # JPEG size grows roughly with the pixel count: aim a little under the cap, but
+        # not below MIN_SIDE in one step.
+        factor = min(0.8, max(0.25, 0.9 * math.sqrt(max_bytes / len(data)), MIN_SIDE / side))
+        width = max(1, round(width * factor))
+        height = max(1, round(height * factor))
         image = _resize(image, width, height)
 
 
