@@ -34,10 +34,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Protocol
 
-import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
+from device.detection.snapshot import encode_snapshot
 from device.errors import EdgewatchError
 from device.examples.meta import ID_PATTERN, MAX_NOTE_CHARS
 from device.examples.wire import (
@@ -54,8 +54,8 @@ log = logging.getLogger(__name__)
 
 UInt8Image = np.ndarray[Any, np.dtype[np.uint8]]
 
-#: A snapshot never exceeds this, so it cannot clog a Pi's uplink or a broker's
-#: message size limit; quality, then size, are lowered until it fits.
+#: A ``snapshot`` command's JPEG never exceeds this, so it cannot clog a Pi's uplink or a
+#: broker's message size limit (device/detection/snapshot.py lowers quality, then size).
 MAX_SNAPSHOT_BYTES = 256 * 1024
 #: Commands waiting for the worker; more than this at once is refused as busy.
 QUEUE_SIZE = 64
@@ -165,43 +165,6 @@ class CommandTarget(Protocol):
     ) -> dict[str, JsonValue]: ...
 
     def forget_examples(self, ids: Sequence[str]) -> dict[str, JsonValue]: ...
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    jpeg: bytes
-    width: int
-    height: int
-    quality: int
-
-
-def encode_snapshot(
-    image: UInt8Image, max_width: int, quality: int, max_bytes: int = MAX_SNAPSHOT_BYTES
-) -> Snapshot:
-    """JPEG of ``image`` no wider than ``max_width`` and no larger than ``max_bytes``."""
-    height, width = image.shape[:2]
-    if width > max_width:
-        height = max(1, round(height * max_width / width))
-        width = max_width
-        image = np.asarray(
-            cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA), dtype=np.uint8
-        )
-    while True:
-        ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
-        if not ok:
-            raise CommandError("the frame could not be encoded as JPEG")
-        data = buffer.tobytes()
-        if len(data) <= max_bytes:
-            return Snapshot(data, width, height, quality)
-        if quality > 30:
-            quality -= 15
-            continue
-        if width <= 16:
-            raise CommandError(f"the snapshot does not fit in {max_bytes} bytes")
-        width, height = max(16, width // 2), max(1, height // 2)
-        image = np.asarray(
-            cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA), dtype=np.uint8
-        )
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -340,7 +303,7 @@ class CommandHandler:
         image = self._target.latest_image(command.source)
         if image is None:
             raise CommandError(f"source {command.source!r} has not delivered a frame yet")
-        snapshot = encode_snapshot(image, command.max_width, command.quality)
+        snapshot = encode_snapshot(image, command.max_width, command.quality, MAX_SNAPSHOT_BYTES)
         topic = self._topics.snapshot(command.source)
         self._publisher.publish_raw(topic, snapshot.jpeg, qos=1)
         return {

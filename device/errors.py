@@ -77,6 +77,10 @@ class SourceError(EdgewatchError):
     """A stream source cannot be opened or read."""
 
 
+class SnapshotError(EdgewatchError):
+    """An image cannot be encoded as a JPEG within the size it must not exceed."""
+
+
 class DatasetError(EdgewatchError):
     """A training or evaluation data folder does not follow the expected layout."""
 

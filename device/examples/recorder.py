@@ -19,8 +19,9 @@ import threading
 from dataclasses import dataclass
 from typing import Protocol
 
-from device.commands import UInt8Image, encode_snapshot
+from device.commands import UInt8Image
 from device.config import ExamplesSection
+from device.detection.snapshot import encode_snapshot
 from device.errors import EdgewatchError
 from device.examples.detector import DetectorStats, HardExampleDetector, Verdict
 from device.examples.meta import ExampleDraft, ExampleMeta, ExampleReason
