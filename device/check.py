@@ -18,6 +18,7 @@ from device.bundle.reader import read_bundle
 from device.bundle.signing import load_public_key
 from device.config import CameraSource, ClassificationPipeline, DeviceConfig, Source, load_config
 from device.errors import EdgewatchError
+from device.pipelines.detection_config import DetectionPipelineConfig
 from device.logs.config import JournalSourceConfig, LogFileSourceConfig, SyslogSourceConfig
 from device.runtime import load_for_manifest
 from device.sensors.config import (
@@ -84,7 +85,10 @@ def _check_models(config: DeviceConfig) -> list[CheckLine]:
             bundle.require_task(pipeline.task)
             thresholds = (
                 pipeline.thresholds
-                if isinstance(pipeline, ClassificationPipeline | KeywordPipelineConfig)
+                if isinstance(
+                    pipeline,
+                    ClassificationPipeline | KeywordPipelineConfig | DetectionPipelineConfig,
+                )
                 else {}
             )
             unknown = sorted(set(thresholds) - set(bundle.manifest.labels))

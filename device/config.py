@@ -31,6 +31,7 @@ from device.logs.config import (
     LogFileSourceConfig,
     SyslogSourceConfig,
 )
+from device.pipelines.detection_config import DetectionPipelineConfig
 from device.pipelines.log_config import LogAnomalyPipelineConfig
 from device.runtime import EdgeTpuMode
 from device.sensors.config import (
@@ -325,16 +326,23 @@ Pipeline = Annotated[
     Annotated[ClassificationPipeline, Tag("image-classification")]
     | Annotated[SensorAnomalyPipelineConfig, Tag("sensor-anomaly")]
     | Annotated[LogAnomalyPipelineConfig, Tag("log-anomaly")]
-    | Annotated[KeywordPipelineConfig, Tag("audio-classification")],
+    | Annotated[KeywordPipelineConfig, Tag("audio-classification")]
+    | Annotated[DetectionPipelineConfig, Tag("object-detection")],
     Discriminator(_pipeline_task),
 ]
-PIPELINE_TASKS = ("image-classification", "sensor-anomaly", "log-anomaly", "audio-classification")
+PIPELINE_TASKS = (
+    "image-classification", "sensor-anomaly", "log-anomaly", "audio-classification",
+    "object-detection",
+)  # fmt: skip
+#: Pipelines that read frames from cameras (the rest read record sources).
+FramePipelineConfig = ClassificationPipeline | DetectionPipelineConfig
 #: The source kinds each pipeline task reads.
 TASK_SOURCE_KINDS: dict[str, tuple[str, ...]] = {
     "image-classification": ("camera",),
     "sensor-anomaly": SENSOR_SOURCE_KINDS,
     "log-anomaly": LOG_SOURCE_KINDS,
     "audio-classification": ("audio",),
+    "object-detection": ("camera",),
 }
 
 

@@ -44,9 +44,11 @@ from device.modelstore.service import ModelService
 from device.modelstore.store import ModelStore
 from device.modelstore.switch import PipelineSwitcher, SwapTicket
 from device.mqtt.payloads import (
+    Box,
     DegradedPart,
     Event,
     PipelineStats,
+    SnapshotRef,
     SourceState,
     SourceStats,
     State,
@@ -55,6 +57,8 @@ from device.mqtt.payloads import (
 from device.mqtt.publisher import MqttPublisher
 from device.mqtt.topics import Topics
 from device.outbox import OUTBOX_FILE, Outbox
+from device.pipelines.classification import ClassificationPipeline
+from device.pipelines.detection import DetectionPipeline
 from device.pipelines.keyword_runner import KeywordRunner, build_keyword_runner
 from device.pipelines.lifecycle import Transition
 from device.pipelines.loaded import LoadedPipeline, build_pipeline
@@ -274,7 +278,8 @@ class Daemon:
             return source not in self._disabled
 
     def inferred(self, loaded: LoadedPipeline, frame: Frame) -> None:
-        if self.examples is not None:
+        # Hard examples are judged on classifier scores; detections are not kept (yet).
+        if self.examples is not None and isinstance(loaded.pipeline, ClassificationPipeline):
             self.examples.observe(loaded.pipeline, loaded.model, frame.image)
 
     # -- supervision ------------------------------------------------------------------
@@ -360,6 +365,8 @@ class Daemon:
         """Publish a frame's transitions; ``captured_at`` is that frame's grab time (or
         now, for events ended at shutdown), so latency is measured from the sensor."""
         for transition in transitions:
+            snapshot = self._publish_snapshot(loaded.source, transition, captured_at)
+            box = transition.box
             published_at = time.time()
             event = Event(
                 device=self.config.device.id,
@@ -376,10 +383,33 @@ class Daemon:
                 score=round(transition.score, 4),
                 top_score=round(transition.top_score, 4),
                 duration_s=round(transition.duration_s, 3),
+                box=None if box is None else Box(
+                    xmin=round(box.x_min, 4), ymin=round(box.y_min, 4),
+                    xmax=round(box.x_max, 4), ymax=round(box.y_max, 4),
+                ),
+                zones=transition.zones,
+                snapshot=snapshot,
                 pipeline=loaded.name,
-            )
+            )  # fmt: skip
             self.publisher.publish_event(event)
             self._event_counts[loaded.name] += 1
+
+    def _publish_snapshot(
+        self, source: str, transition: Transition, captured_at: float
+    ) -> SnapshotRef | None:
+        """Send a transition's JPEG (before its event, so a subscriber that reacts to the
+        event finds the picture there); retained, so a Home Assistant camera entity on
+        the topic shows the latest. Best effort: not spooled in the outbox (a JPEG per
+        event would fill a Pi's card during a long outage)."""
+        shot = transition.snapshot
+        if shot is None:
+            return None
+        topic = self.topics.event_snapshot(source)
+        self.publisher.publish_raw(topic, shot.jpeg, qos=1, retain=True)
+        return SnapshotRef(
+            topic=topic, bytes=len(shot.jpeg), width=shot.width, height=shot.height,
+            captured_at=captured_at,
+        )  # fmt: skip
 
     def publish_drafts(self, pipeline: RecordPipeline, drafts: Sequence[EventDraft]) -> None:
         """Publish a record pipeline's events (device/record_worker.py)."""
@@ -487,13 +517,21 @@ class Daemon:
         pipelines = []
         for index, loaded in enumerate(self.pipelines):
             latency = loaded.pipeline.latency.summary()
+            # The gate moves with the events on a model swap, so its count spans swaps
+            # like the switcher's frame count does.
+            gated = (
+                loaded.pipeline.gate.stats().gated
+                if isinstance(loaded.pipeline, DetectionPipeline)
+                else 0
+            )
             pipelines.append(
                 PipelineStats(
                     name=loaded.name,
-                    inferences=self.switcher.inferences(index),
+                    inferences=max(0, self.switcher.inferences(index) - gated),
                     inference_ms_p50=round(latency.p50_ms, 3),
                     inference_ms_p99=round(latency.p99_ms, 3),
                     events=self._event_counts[loaded.name],
+                    gated=gated,
                 )
             )
         sources += self.records.source_stats(self.source_enabled)
@@ -587,7 +625,6 @@ class Daemon:
         restart += [f"sources.{n}" for n in sorted(set(new.sources) | set(old.sources))
                     if new.sources.get(n) != old.sources.get(n)]  # fmt: skip
         restart += [f"pipelines.{n}" for n in sorted(set(new.pipelines) ^ set(old.pipelines))]
-        live = {"threshold", "thresholds", "ignore_labels", "events"}
         applied: list[str] = []
         updates = []
         for loaded in self.pipelines:
@@ -595,6 +632,10 @@ class Daemon:
             if fresh is None:
                 continue
             current = loaded.pipeline.config
+            if fresh.task != current.task:
+                restart.append(f"pipelines.{loaded.name}")
+                continue
+            live = set(loaded.pipeline.LIVE_KEYS)
             if fresh.model_dump(exclude=live) != current.model_dump(exclude=live):
                 restart.append(f"pipelines.{loaded.name}")
             merged = current.model_copy(update={key: getattr(fresh, key) for key in live})
@@ -611,6 +652,7 @@ class Daemon:
                 restart.append(f"pipelines.{record.name}")  # no live settings (yet)
                 continue
             now = record.pipeline.config
+            live = set(record.pipeline.LIVE_KEYS)
             if wanted.model_dump(exclude=live) != now.model_dump(exclude=live):
                 restart.append(f"pipelines.{record.name}")
             merged_kw = now.model_copy(update={key: getattr(wanted, key) for key in live})

@@ -30,8 +30,9 @@ from pydantic import BaseModel, ConfigDict
 
 from device import __version__
 from device.audio.config import KeywordPipelineConfig
-from device.bundle.manifest import ClassificationDecoding
+from device.bundle.manifest import ClassificationDecoding, HeatmapDecoding
 from device.config import ClassificationPipeline, DeviceConfig
+from device.pipelines.detection_config import DetectionPipelineConfig
 from device.errors import EdgewatchError
 from device.mqtt.client_options import make_client
 from device.mqtt.publisher import MqttPublisher
@@ -356,15 +357,19 @@ def pipelines_from_config(config: DeviceConfig) -> list[PipelineInfo]:
     max_bytes = int(config.runtime.max_model_mb * 1024 * 1024)
     infos = []
     for name, pipeline in config.pipelines.items():
-        if not isinstance(pipeline, ClassificationPipeline | KeywordPipelineConfig):
+        if not isinstance(
+            pipeline, ClassificationPipeline | KeywordPipelineConfig | DetectionPipelineConfig
+        ):
             # Anomaly pipelines report one label (the daemon's record sources say so too).
             infos.append(PipelineInfo(name=name, source=pipeline.source, reportable=("anomaly",)))
             continue
         manifest = read_bundle(pipeline.model, max_model_bytes=max_bytes).manifest
         decoding = manifest.decoding
-        background = (
-            decoding.background_labels if isinstance(decoding, ClassificationDecoding) else ()
-        )
+        background: tuple[str, ...] = ()
+        if isinstance(decoding, ClassificationDecoding):
+            background = decoding.background_labels
+        elif isinstance(decoding, HeatmapDecoding):
+            background = (decoding.background_label,)
         reportable = tuple(
             label
             for label in manifest.labels

@@ -24,7 +24,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from device.bundle.reader import Bundle, read_bundle
 from device.bundle.signing import load_public_key
-from device.config import ClassificationPipeline as PipelineConfig
+from device.config import ClassificationPipeline
+from device.config import FramePipelineConfig as PipelineConfig
+from device.pipelines.detection_config import DetectionPipelineConfig
 from device.config import DeviceConfig, RuntimeSection
 from device.errors import EdgewatchError
 from device.modelstore.compat import check_compatible
@@ -47,7 +49,7 @@ def boot_pipelines(config: DeviceConfig, store: ModelStore) -> list[LoadedPipeli
     return [
         boot_pipeline(name, cfg, store, config.runtime, key)
         for name, cfg in config.pipelines.items()
-        if isinstance(cfg, PipelineConfig)  # image pipelines; record pipelines boot elsewhere
+        if isinstance(cfg, ClassificationPipeline | DetectionPipelineConfig)  # frames; records boot elsewhere
     ]
 
 

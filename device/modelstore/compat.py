@@ -9,7 +9,8 @@ manifest ``name``. It must then fit what those pipelines are configured and buil
   (the pipeline resizes frames to whatever size the new model wants, so the size may
   change; what it cannot do is feed a tensor that disagrees with its own preprocessing);
 - an input dtype the pipeline can feed: float32, int8 or uint8;
-- output 0 with exactly one value per label;
+- output 0 with exactly one value per label (a classifier), or one per label and grid
+  cell (a detector's heatmap: the last axis holds the labels);
 - every label the pipeline's config names (``thresholds``, ``ignore_labels``) present.
 
 The runtime then checks that the model's real tensors match the manifest and runs the
@@ -22,7 +23,7 @@ import logging
 import math
 
 from device.bundle.manifest import ImagePreprocessing, Manifest
-from device.config import ClassificationPipeline as PipelineConfig
+from device.config import FramePipelineConfig as PipelineConfig
 from device.errors import BundleIncompatibleError, BundleTaskError
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,14 @@ def check_compatible(manifest: Manifest, pipeline: str, config: PipelineConfig) 
             f"wrong input type: {ref} input is {tensor.dtype}; pipeline {pipeline} feeds "
             f"{', '.join(FEEDABLE_DTYPES)}"
         )
-    outputs = math.prod(manifest.outputs[0].shape)
-    if outputs != len(manifest.labels):
+    if config.task == "object-detection":
+        shape = manifest.outputs[0].shape
+        if len(shape) != 4 or shape[-1] != len(manifest.labels):
+            raise BundleIncompatibleError(
+                f"wrong output shape: {ref} output 0 is {list(shape)}; a detector's is "
+                f"[1, rows, columns, {len(manifest.labels)}] (one score per label and cell)"
+            )
+    elif (outputs := math.prod(manifest.outputs[0].shape)) != len(manifest.labels):
         raise BundleIncompatibleError(
             f"wrong output shape: {ref} output 0 has {outputs} values for "
             f"{len(manifest.labels)} labels"

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 
 from device.errors import ConfigError, ModelStoreError
 from device.modelstore.health import HealthWatch, Verdict
-from device.pipelines.lifecycle import EventTracker, Transition
-from device.pipelines.loaded import LoadedPipeline
+from device.pipelines.lifecycle import Transition
+from device.pipelines.loaded import LoadedPipeline, hand_over_events
 from device.sources.camera import Frame, UInt8Image
 
 log = logging.getLogger(__name__)
@@ -188,8 +188,7 @@ class PipelineSwitcher:
         """
         with self._lock:
             old = self.pipelines[index]
-            new.pipeline.tracker = old.pipeline.tracker
-            old.pipeline.tracker = EventTracker(old.pipeline.config.events)
+            hand_over_events(new, old, detach=True)
             self.pipelines[index] = new
             self._watched.pop(index, None)
             wrapper = self._preprocessors.get(new.source)
@@ -299,7 +298,7 @@ class PipelineSwitcher:
         """The switch itself (caller holds the lock, on the thread that owns ``index``)."""
         old = self.pipelines[index]
         if old is not new:
-            new.pipeline.tracker = old.pipeline.tracker
+            hand_over_events(new, old, detach=False)
             if new.pipeline.config != old.pipeline.config:
                 # Thresholds changed by command while the new model was loading.
                 try:

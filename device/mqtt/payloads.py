@@ -177,6 +177,18 @@ class SensorWindow(_Wire):
     threshold: float
 
 
+class SnapshotRef(_Wire):
+    """A JPEG of the event's best sighting, published just before the event (raw bytes,
+    QoS 1, retained) on ``<prefix>/<device>/events/<source>/snapshot``."""
+
+    topic: str
+    bytes: int
+    width: int
+    height: int
+    #: Capture time of the frame it shows.
+    captured_at: float
+
+
 class AudioWindow(_Wire):
     """Where in a source's audio a detection was heard (Unix times, seconds).
 
@@ -225,6 +237,10 @@ class Event(_Wire):
     #: For start/update/end: seconds since the event started.
     duration_s: float = 0.0
     box: Box | None = None
+    #: object-detection events: the configured zones the object's centre is in.
+    zones: tuple[str, ...] | None = None
+    #: object-detection events: the snapshot sent with this event, if one was.
+    snapshot: SnapshotRef | None = None
     sensor: SensorWindow | None = None
     #: audio-classification events: the window the sound was heard in.
     audio: AudioWindow | None = None

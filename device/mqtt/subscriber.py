@@ -334,7 +334,9 @@ def parse_message(prefix: str, topic: str, payload: bytes) -> Received | None:
     kind: Kind
     value: Payload
     model: type[BaseModel] | None = None
-    if rest.startswith("events/"):
+    if rest.startswith("events/") and rest.endswith("/snapshot"):
+        kind = "other"  # JPEG bytes of a detection event's best sighting
+    elif rest.startswith("events/"):
         kind, model = "event", Event
     elif rest == "state":
         kind, model = "state", State

@@ -34,6 +34,10 @@ class Topics:
     def events(self, source: str) -> str:
         return f"{self.base}/events/{source}"
 
+    def event_snapshot(self, source: str) -> str:
+        """JPEGs of detection events' best sightings (raw bytes, retained)."""
+        return f"{self.base}/events/{source}/snapshot"
+
     def command(self, name: str) -> str:
         return f"{self.base}/cmd/{name}"
 

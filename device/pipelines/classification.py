@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -70,6 +70,11 @@ class ClassificationStats:
 class ClassificationPipeline:
     """One image-classification model on one source; not thread-safe except
     ``preprocess`` (capture thread) alongside ``process`` (one inference thread)."""
+
+    #: Config keys a reload applies without reloading the model.
+    LIVE_KEYS: ClassVar[frozenset[str]] = frozenset(
+        {"threshold", "thresholds", "ignore_labels", "events"}
+    )
 
     def __init__(
         self,
@@ -174,6 +179,15 @@ class ClassificationPipeline:
             raise
         self._apply_thresholds()
         self.tracker.config = config.events
+
+    def adopt_events(self, other: ClassificationPipeline) -> None:
+        """Take over ``other``'s open events (a model swap or a rebuilt pipeline)."""
+        self.tracker = other.tracker
+
+    def detach_events(self) -> None:
+        """Forget the events after a successor adopted them: what this pipeline still
+        does lands nowhere shared."""
+        self.tracker = EventTracker(self.config.events)
 
     def set_threshold(self, label: str, value: float) -> None:
         """One label's threshold, until the next reload or restart."""

@@ -35,7 +35,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -130,6 +130,11 @@ class _Run:
 class KeywordPipeline:
     """One keyword/sound classifier on one audio source; not thread-safe (one inference
     thread calls ``process``; ``stats`` may be read from another)."""
+
+    #: Config keys a reload applies without reloading the model.
+    LIVE_KEYS: ClassVar[frozenset[str]] = frozenset(
+        {"threshold", "thresholds", "ignore_labels", "events"}
+    )
 
     def __init__(
         self,

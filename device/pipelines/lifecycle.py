@@ -18,9 +18,13 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from device.config import EventSection
+
+if TYPE_CHECKING:  # the detection modules import this one's names
+    from device.detection.objects import NormBox
+    from device.detection.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,11 @@ class Transition:
     #: Capture time of the frame that caused this transition (for flush: ``now``).
     captured_at: float
     duration_s: float
+    #: Detection pipelines: the object's last box and the zones its centre is in.
+    box: NormBox | None = None
+    zones: tuple[str, ...] | None = None
+    #: Detection pipelines: a JPEG of the event's best sighting, when configured.
+    snapshot: Snapshot | None = None
 
 
 class _Open:

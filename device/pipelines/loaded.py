@@ -11,10 +11,11 @@ import logging
 from dataclasses import dataclass
 
 from device.bundle.reader import Bundle
-from device.config import ClassificationPipeline as PipelineConfig
-from device.config import RuntimeSection
+from device.config import FramePipelineConfig, RuntimeSection
 from device.mqtt.payloads import ModelRef, PipelineState
 from device.pipelines.classification import ClassificationPipeline
+from device.pipelines.detection import DetectionPipeline
+from device.pipelines.detection_config import DetectionPipelineConfig
 from device.runtime import ModelRuntime, load_for_manifest
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 class LoadedPipeline:
     name: str
     source: str
-    pipeline: ClassificationPipeline
+    pipeline: ClassificationPipeline | DetectionPipeline
     model: ModelRef
     state: PipelineState
 
@@ -66,7 +67,7 @@ def load_model(
 
 
 def build_pipeline(
-    name: str, config: PipelineConfig, bundle: Bundle, runtime_cfg: RuntimeSection
+    name: str, config: FramePipelineConfig, bundle: Bundle, runtime_cfg: RuntimeSection
 ) -> LoadedPipeline:
     """Load and smoke-test ``bundle`` for pipeline ``name``; raises BundleError subclasses
     (task, tensors, smoke test) and ConfigError (labels the model lacks)."""
@@ -74,7 +75,31 @@ def build_pipeline(
     return LoadedPipeline(
         name=name,
         source=config.source,
-        pipeline=ClassificationPipeline(name, config, bundle, loaded.runtime),
+        pipeline=(
+            DetectionPipeline(name, config, bundle, loaded.runtime)
+            if isinstance(config, DetectionPipelineConfig)
+            else ClassificationPipeline(name, config, bundle, loaded.runtime)
+        ),
         model=loaded.model,
         state=loaded.state,
     )
+
+
+def hand_over_events(new: LoadedPipeline, old: LoadedPipeline, *, detach: bool) -> None:
+    """``new`` continues ``old``'s open events. With ``detach``, ``old`` gets fresh,
+    unshared ones (a hung pipeline: should its call return late, it publishes nothing
+    shared); without, both share them (a swap under watch, where the old model may
+    answer a frame the new one failed, or be switched back). A model swap never changes
+    a pipeline's task, so both are of one kind."""
+    if isinstance(new.pipeline, DetectionPipeline) and isinstance(old.pipeline, DetectionPipeline):
+        new.pipeline.adopt_events(old.pipeline)
+        if detach:
+            old.pipeline.detach_events()
+    elif isinstance(new.pipeline, ClassificationPipeline) and isinstance(
+        old.pipeline, ClassificationPipeline
+    ):
+        new.pipeline.adopt_events(old.pipeline)
+        if detach:
+            old.pipeline.detach_events()
+    else:
+        raise TypeError(f"pipeline {new.name}: cannot hand events between different tasks")
