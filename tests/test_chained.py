@@ -23,7 +23,7 @@ from device.detection.crops import CropSettings, PixelBox, crop, crop_region
 from device.detection.objects import DetectedObject, NormBox
 from device.errors import ConfigError
 from device.pipelines.chain_config import ChainedClassificationConfig
-from device.pipelines.chained import CropClassifier
+from device.pipelines.chained import CropClassifier, build_crop_classifier
 from device.pipelines.classification import ClassificationPipeline
 from device.pipelines.loaded import load_model
 from device.runtime import ModelRuntime
@@ -205,6 +205,15 @@ def crop_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
 def runtime(crop_bundle: Bundle) -> ModelRuntime:
     loaded = load_model("who", "cam", "image-classification", crop_bundle, RuntimeSection())
     return loaded.runtime
+
+
+def test_a_chained_pipeline_loads_like_any_other(crop_bundle: Bundle) -> None:
+    config = ChainedClassificationConfig(input="shapes", model=Path("shape-crops.ewm"))
+    built = build_crop_classifier("who", config, "cam", crop_bundle, RuntimeSection(threads=1))
+    assert built.loaded.state.name == "who" and built.loaded.state.source == "cam"
+    assert built.loaded.model.name == "shape-crops"
+    assert built.classifier.labels == ("background", "circle", "square", "triangle")
+    assert built.classifier.reportable == ("circle", "square", "triangle")
 
 
 def classifier(bundle: Bundle, runtime: ModelRuntime, **overrides: Any) -> CropClassifier:
