@@ -11,13 +11,14 @@ TEST_PACKAGES := mosquitto:/usr/sbin/mosquitto mosquitto-clients:/usr/bin/mosqui
 	libportaudio2:/usr/share/doc/libportaudio2 espeak-ng:/usr/bin/espeak-ng
 BENCH_PACKAGES := $(TEST_PACKAGES) dataset-fashion-mnist:/usr/share/doc/dataset-fashion-mnist
 
-.PHONY: demo test bench models lint test-deps bench-deps arm64-check clean help
+.PHONY: demo test bench models face-example lint test-deps bench-deps arm64-check clean help
 
 help:
 	@echo "make demo    the whole system on this machine (broker, daemon, bundled model, live view)"
 	@echo "make test    lint, type-check and run the test suite"
 	@echo "make bench   benchmarks (ratios measured side by side in one run)"
 	@echo "make models  rebuild the demo's bundled model and sample video"
+	@echo "make face-example ORL_DIR=...  face detector + ORL identity bundles and their device config"
 	@echo "make arm64-check  the device side on linux/arm64 under qemu (slow; not in make test)"
 
 $(BIN)/python:
@@ -67,6 +68,15 @@ bench: bench-deps $(VENV)/.dev-installed
 
 models: $(VENV)/.dev-installed
 	$(BIN)/python -m training.demo_assets deploy/demo
+
+# The face example (docs/faces.md): a face detector trained on scenes composed from ORL
+# pictures, the identity classifier trained on ORL, both int8, and faces.toml, in
+# FACE_OUT. Long on a CPU (the two trainings); steps already done are reused.
+ORL_DIR ?= ../shared/datasets/orl_faces
+FACE_OUT ?= build/face-example
+FACE_ARGS ?=
+face-example: $(VENV)/.dev-installed
+	$(BIN)/python -m training.recipes.faces --orl $(ORL_DIR) --out $(FACE_OUT) $(FACE_ARGS)
 
 # Not part of `make test`: it emulates a Debian arm64 root (cached in .arm64-root/) and
 # runs the device extra and the demo there. About ten minutes the first time, one or two

@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -38,6 +38,35 @@ log = logging.getLogger(__name__)
 TASK = "image-classification"
 UInt8Image = np.ndarray[Any, np.dtype[np.uint8]]
 FloatArray = np.ndarray[Any, np.dtype[np.float32]]
+
+
+class ClassifierSettings(Protocol):
+    """The part of a pipeline's config that decides what a classifier reports."""
+
+    @property
+    def threshold(self) -> float | None: ...
+
+    @property
+    def thresholds(self) -> Mapping[str, float]: ...
+
+    @property
+    def ignore_labels(self) -> tuple[str, ...]: ...
+
+
+SettingsT = TypeVar("SettingsT", bound=ClassifierSettings)
+
+
+@dataclass(frozen=True, eq=False)
+class Classification:
+    """What one image (a frame or a crop of one) gave."""
+
+    #: One score per label of the bundle, in the bundle's label order (after softmax).
+    scores: FloatArray
+    top_label: str
+    top_score: float
+    #: The top label when it may report (not background, not ignored) and its score is
+    #: at or above its threshold; None otherwise.
+    label: str | None
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,23 +96,12 @@ class ClassificationStats:
     latency: LatencySummary
 
 
-class ClassificationPipeline:
-    """One image-classification model on one source; not thread-safe except
-    ``preprocess`` (capture thread) alongside ``process`` (one inference thread)."""
+class ImageClassifier(Generic[SettingsT]):
+    """An image-classification bundle on its runtime, with the config's thresholds and
+    ignored labels applied: an image in, a ``Classification`` out. No frames, no events;
+    not thread-safe except ``preprocess`` alongside ``classify_tensor``."""
 
-    #: Config keys a reload applies without reloading the model.
-    LIVE_KEYS: ClassVar[frozenset[str]] = frozenset(
-        {"threshold", "thresholds", "ignore_labels", "events"}
-    )
-
-    def __init__(
-        self,
-        name: str,
-        config: ClassificationConfig,
-        bundle: Bundle,
-        runtime: ModelRuntime,
-        clock: WallClock = time,
-    ) -> None:
+    def __init__(self, name: str, config: SettingsT, bundle: Bundle, runtime: ModelRuntime) -> None:
         bundle.require_task(TASK)
         manifest = bundle.manifest
         parts = manifest.classifier_parts()
@@ -109,19 +127,6 @@ class ClassificationPipeline:
         )
         self._softmax = self.decoding.apply_softmax
         self._lut = pixel_lut(self.spec, runtime.inputs[0])
-        self.tracker = EventTracker(config.events, clock)
-        self.latency = LatencyWindow()
-        self._inferences = 0
-        self._transitions = 0
-        self.last_result: PipelineResult | None = None
-        log.info(
-            "pipeline %s: %s on source %s, thresholds %s, reporting %s",
-            name,
-            manifest.model_ref,
-            config.source,
-            {label: round(value, 3) for label, value in self.thresholds.items()},
-            list(self.reportable),
-        )
 
     # -- construction checks ------------------------------------------------------------
 
@@ -160,16 +165,13 @@ class ClassificationPipeline:
         self._threshold_array = np.array(
             [thresholds[label] for label in self.labels], dtype=np.float32
         )
-        self._reportable_mask = np.array(
-            [label in reportable for label in self.labels], dtype=bool
-        )
+        self._reportable_mask = np.array([label in reportable for label in self.labels], dtype=bool)
         self.thresholds = thresholds
         self.reportable = reportable
 
-    def reconfigure(self, config: ClassificationConfig) -> None:
-        """Apply a reloaded config's thresholds, ignored labels and debounce settings
-        without reloading the model (ConfigError, and nothing changed, for a label the
-        model lacks). The model, source and task need a restart."""
+    def reconfigure(self, config: SettingsT) -> None:
+        """Apply new thresholds and ignored labels without reloading the model
+        (ConfigError, and nothing changed, for a label the model lacks)."""
         previous = self.config
         self.config = config
         try:
@@ -178,21 +180,6 @@ class ClassificationPipeline:
             self.config = previous
             raise
         self._apply_thresholds()
-        self.tracker.config = config.events
-
-    def adopt_events(self, other: ClassificationPipeline) -> None:
-        """Take over ``other``'s open events (a model swap or a rebuilt pipeline)."""
-        self.tracker = other.tracker
-
-    def detach_events(self) -> None:
-        """Forget the events after a successor adopted them: what this pipeline still
-        does lands nowhere shared."""
-        self.tracker = EventTracker(self.config.events)
-
-    def set_threshold(self, label: str, value: float) -> None:
-        """One label's threshold, until the next reload or restart."""
-        thresholds = {**self.config.thresholds, label: value}
-        self.reconfigure(self.config.model_copy(update={"thresholds": thresholds}))
 
     def _threshold_for(self, label: str) -> float:
         if label in self.config.thresholds:
@@ -201,7 +188,7 @@ class ClassificationPipeline:
             return self.config.threshold
         return self.manifest.thresholds.for_label(label)
 
-    # -- per frame ------------------------------------------------------------------------
+    # -- per image ------------------------------------------------------------------------
 
     def preprocess(self, frame_bgr: UInt8Image) -> AnyArray:
         """Everything up to the model's own input tensor; meant for the capture thread.
@@ -214,15 +201,13 @@ class ClassificationPipeline:
             return resized
         return np.take(self._lut, resized)
 
-    def infer(self, frame: Frame) -> PipelineResult:
-        """Run the model on a frame; ``frame.tensor``, when set, must come from this
-        pipeline's ``preprocess`` (the daemon clears it for a source's other pipelines)."""
-        start = time.perf_counter()
-        tensor = frame.tensor
-        if tensor is None or tensor.shape != self._input.shape[1:]:
-            # No preprocessing in the capture thread, or it was for another model
-            # (a model swap with a different input size): do it here.
-            tensor = self.preprocess(frame.image)
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape ``preprocess`` gives (height, width, channels)."""
+        return tuple(self._input.shape[1:])
+
+    def classify_tensor(self, tensor: AnyArray) -> Classification:
+        """Invoke on ``preprocess``'s output and decode, with this config's rules."""
         if self._lut is not None:
             native = self.runtime.invoke_native([tensor[np.newaxis]])[0]
             scores = dequantize(native, self.runtime.outputs[0]).reshape(-1)
@@ -233,9 +218,87 @@ class ClassificationPipeline:
             scores = _softmax(scores)
         top = int(np.argmax(scores))
         top_score = float(scores[top])
+        reported = self._reportable_mask[top] and top_score >= self._threshold_array[top]
+        return Classification(
+            scores=scores,
+            top_label=self.labels[top],
+            top_score=top_score,
+            label=self.labels[top] if reported else None,
+        )
+
+    def classify(self, image_bgr: UInt8Image) -> Classification:
+        """Any BGR image (a whole frame, a crop: a view is fine) → its classification."""
+        return self.classify_tensor(self.preprocess(image_bgr))
+
+
+class ClassificationPipeline(ImageClassifier[ClassificationConfig]):
+    """One image-classification model on one source; not thread-safe except
+    ``preprocess`` (capture thread) alongside ``process`` (one inference thread)."""
+
+    #: Config keys a reload applies without reloading the model.
+    LIVE_KEYS: ClassVar[frozenset[str]] = frozenset(
+        {"threshold", "thresholds", "ignore_labels", "events"}
+    )
+
+    def __init__(
+        self,
+        name: str,
+        config: ClassificationConfig,
+        bundle: Bundle,
+        runtime: ModelRuntime,
+        clock: WallClock = time,
+    ) -> None:
+        super().__init__(name, config, bundle, runtime)
+        self.tracker = EventTracker(config.events, clock)
+        self.latency = LatencyWindow()
+        self._inferences = 0
+        self._transitions = 0
+        self.last_result: PipelineResult | None = None
+        log.info(
+            "pipeline %s: %s on source %s, thresholds %s, reporting %s",
+            name,
+            self.manifest.model_ref,
+            config.source,
+            {label: round(value, 3) for label, value in self.thresholds.items()},
+            list(self.reportable),
+        )
+
+    def reconfigure(self, config: ClassificationConfig) -> None:
+        """Apply a reloaded config's thresholds, ignored labels and debounce settings
+        without reloading the model (ConfigError, and nothing changed, for a label the
+        model lacks). The model, source and task need a restart."""
+        super().reconfigure(config)
+        self.tracker.config = config.events
+
+    def set_threshold(self, label: str, value: float) -> None:
+        """One label's threshold, until the next reload or restart."""
+        thresholds = {**self.config.thresholds, label: value}
+        self.reconfigure(self.config.model_copy(update={"thresholds": thresholds}))
+
+    def adopt_events(self, other: ClassificationPipeline) -> None:
+        """Take over ``other``'s open events (a model swap or a rebuilt pipeline)."""
+        self.tracker = other.tracker
+
+    def detach_events(self) -> None:
+        """Forget the events after a successor adopted them: what this pipeline still
+        does lands nowhere shared."""
+        self.tracker = EventTracker(self.config.events)
+
+    # -- per frame ------------------------------------------------------------------------
+
+    def infer(self, frame: Frame) -> PipelineResult:
+        """Run the model on a frame; ``frame.tensor``, when set, must come from this
+        pipeline's ``preprocess`` (the daemon clears it for a source's other pipelines)."""
+        start = time.perf_counter()
+        tensor = frame.tensor
+        if tensor is None or tensor.shape != self._input.shape[1:]:
+            # No preprocessing in the capture thread, or it was for another model
+            # (a model swap with a different input size): do it here.
+            tensor = self.preprocess(frame.image)
+        classified = self.classify_tensor(tensor)
         detections: dict[str, float] = {}
-        if self._reportable_mask[top] and top_score >= self._threshold_array[top]:
-            detections[self.labels[top]] = top_score
+        if classified.label is not None:
+            detections[classified.label] = classified.top_score
         elapsed_ms = (time.perf_counter() - start) * 1000.0
         self.latency.add(elapsed_ms)
         self._inferences += 1
@@ -244,9 +307,9 @@ class ClassificationPipeline:
             source=frame.source,
             frame_index=frame.index,
             captured_at=frame.captured_at,
-            scores=scores,
-            top_label=self.labels[top],
-            top_score=top_score,
+            scores=classified.scores,
+            top_label=classified.top_label,
+            top_score=classified.top_score,
             detections=detections,
             inference_ms=elapsed_ms,
         )
