@@ -18,8 +18,8 @@ from device.bundle.reader import read_bundle
 from device.bundle.signing import load_public_key
 from device.config import CameraSource, ClassificationPipeline, DeviceConfig, Source, load_config
 from device.errors import EdgewatchError
-from device.pipelines.detection_config import DetectionPipelineConfig
 from device.logs.config import JournalSourceConfig, LogFileSourceConfig, SyslogSourceConfig
+from device.pipelines.detection_config import DetectionPipelineConfig
 from device.runtime import load_for_manifest
 from device.sensors.config import (
     HostMetricsSourceConfig,

@@ -31,6 +31,7 @@ from device.logs.config import (
     LogFileSourceConfig,
     SyslogSourceConfig,
 )
+from device.pipelines.chain_config import ChainedClassificationConfig
 from device.pipelines.detection_config import DetectionPipelineConfig
 from device.pipelines.log_config import LogAnomalyPipelineConfig
 from device.runtime import EdgeTpuMode
@@ -314,10 +315,16 @@ class ClassificationPipeline(_Section):
 
 
 def _pipeline_task(value: object) -> str:
-    """The union tag of a pipeline table: its ``task``, image classification when absent."""
+    """The union tag of a pipeline table: its ``task``, image classification when absent;
+    an image classifier with an ``input`` (another pipeline) instead of a ``source`` is
+    a chained one."""
     if isinstance(value, dict):
         task = value.get("task", "image-classification")
+        if task == "image-classification" and "input" in value:
+            return "chained"
         return task if isinstance(task, str) else "image-classification"
+    if isinstance(value, ChainedClassificationConfig):
+        return "chained"
     return str(getattr(value, "task", "image-classification"))
 
 
@@ -327,15 +334,16 @@ Pipeline = Annotated[
     | Annotated[SensorAnomalyPipelineConfig, Tag("sensor-anomaly")]
     | Annotated[LogAnomalyPipelineConfig, Tag("log-anomaly")]
     | Annotated[KeywordPipelineConfig, Tag("audio-classification")]
-    | Annotated[DetectionPipelineConfig, Tag("object-detection")],
+    | Annotated[DetectionPipelineConfig, Tag("object-detection")]
+    | Annotated[ChainedClassificationConfig, Tag("chained")],
     Discriminator(_pipeline_task),
 ]
 PIPELINE_TASKS = (
     "image-classification", "sensor-anomaly", "log-anomaly", "audio-classification",
-    "object-detection",
+    "object-detection", "chained",
 )  # fmt: skip
 #: Pipelines that read frames from cameras (the rest read record sources).
-FramePipelineConfig = ClassificationPipeline | DetectionPipelineConfig
+FramePipelineConfig = ClassificationPipeline | DetectionPipelineConfig | ChainedClassificationConfig
 #: The source kinds each pipeline task reads.
 TASK_SOURCE_KINDS: dict[str, tuple[str, ...]] = {
     "image-classification": ("camera",),
@@ -362,6 +370,9 @@ class DeviceConfig(_Section):
 
     @model_validator(mode="after")
     def _references(self) -> DeviceConfig:
+        for name, pipeline in list(self.pipelines.items()):
+            if isinstance(pipeline, ChainedClassificationConfig):
+                self.pipelines[name] = _chained_source(name, pipeline, self.pipelines)
         for name, pipeline in self.pipelines.items():
             if pipeline.source not in self.sources:
                 raise ValueError(
@@ -379,6 +390,30 @@ class DeviceConfig(_Section):
         if not self.pipelines:
             raise ValueError("no pipelines configured; add at least one [pipelines.NAME]")
         return self
+
+
+def _chained_source(
+    name: str, pipeline: ChainedClassificationConfig, pipelines: dict[str, Pipeline]
+) -> ChainedClassificationConfig:
+    """The chained pipeline with its input's source filled in (checked: the input is an
+    object-detection pipeline, and a ``source`` the user wrote agrees with it)."""
+    upstream = pipelines.get(pipeline.input)
+    if not isinstance(upstream, DetectionPipelineConfig):
+        what = "not a configured pipeline" if upstream is None else f"a {upstream.task} pipeline"
+        detectors = sorted(
+            n for n, p in pipelines.items() if isinstance(p, DetectionPipelineConfig)
+        )
+        raise ValueError(
+            f"pipelines.{name}.input is {pipeline.input!r}, which is {what}; a chained "
+            f"pipeline classifies an object-detection pipeline's objects (have: "
+            f"{detectors or 'none'})"
+        )
+    if pipeline.source and pipeline.source != upstream.source:
+        raise ValueError(
+            f"pipelines.{name}.source is {pipeline.source!r} but its input "
+            f"{pipeline.input!r} reads {upstream.source!r}; leave source out"
+        )
+    return pipeline.model_copy(update={"source": upstream.source})
 
 
 def redact_url(url: str) -> str:

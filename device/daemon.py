@@ -61,7 +61,7 @@ from device.pipelines.classification import ClassificationPipeline
 from device.pipelines.detection import DetectionPipeline
 from device.pipelines.keyword_runner import KeywordRunner, build_keyword_runner
 from device.pipelines.lifecycle import Transition
-from device.pipelines.loaded import LoadedPipeline, build_pipeline
+from device.pipelines.loaded import LoadedPipeline, build_pipeline, reconfigure
 from device.pipelines.log_config import LogAnomalyPipelineConfig
 from device.pipelines.log_runner import build_log_runner
 from device.pipelines.sensor_runner import build_sensor_runner
@@ -674,7 +674,7 @@ class Daemon:
                 raise CommandError(f"{self.config_path}: {exc}; nothing was changed") from exc
         pipelines = dict(old.pipelines)
         for loaded, merged, changed in updates:
-            loaded.pipeline.reconfigure(merged)
+            reconfigure(loaded.pipeline, merged)
             pipelines[loaded.name] = merged
             applied += [f"pipelines.{loaded.name}.{key}" for key in changed]
         for record, merged_kw, changed in keyword_updates:

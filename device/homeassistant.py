@@ -32,11 +32,11 @@ from device import __version__
 from device.audio.config import KeywordPipelineConfig
 from device.bundle.manifest import ClassificationDecoding, HeatmapDecoding
 from device.config import ClassificationPipeline, DeviceConfig
-from device.pipelines.detection_config import DetectionPipelineConfig
 from device.errors import EdgewatchError
 from device.mqtt.client_options import make_client
 from device.mqtt.publisher import MqttPublisher
 from device.mqtt.topics import OFFLINE, ONLINE, Topics
+from device.pipelines.detection_config import DetectionPipelineConfig
 
 log = logging.getLogger(__name__)
 

@@ -124,3 +124,24 @@ def keyword_bundle(keyword_model_dir: Path, tmp_path_factory: pytest.TempPathFac
     out = tmp_path_factory.mktemp("audio-bundles") / "keywords-int8.ewm"
     convert_model(keyword_model_dir, "int8", out)
     return out
+
+
+@pytest.fixture(scope="session")
+def shape_crop_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An int8 classifier of shape crops (tests/helpers_crops.py), for chained pipelines."""
+    from tests.helpers_crops import make_shape_crop_bundle
+
+    return make_shape_crop_bundle(tmp_path_factory.mktemp("crop-model"))
+
+
+@pytest.fixture(scope="session")
+def detector_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's tiny shapes detector (tests/helpers_detection.py) converted to int8."""
+    from converters.convert import convert_model
+    from tests.helpers_detection import synthetic_detector
+
+    found = synthetic_detector(tmp_path_factory)
+    out = tmp_path_factory.getbasetemp() / "shapes-detector" / "shapes-detector-int8.ewm"
+    if not out.is_file():
+        convert_model(found.model_dir, "int8", out)
+    return out

@@ -23,18 +23,15 @@ from device.detection.crops import CropSettings, PixelBox, crop, crop_region
 from device.detection.objects import DetectedObject, NormBox
 from device.errors import ConfigError
 from device.pipelines.chain_config import ChainedClassificationConfig
-from device.pipelines.chained import CropClassifier, build_crop_classifier
+from device.pipelines.chained import CropClassifier
+from device.pipelines.chained_frames import ChainedPipeline
 from device.pipelines.classification import ClassificationPipeline
-from device.pipelines.loaded import load_model
+from device.pipelines.loaded import build_pipeline, load_model
 from device.runtime import ModelRuntime
 from device.sources.camera import Frame
-from training.synthetic.shapes import render_scene
+from tests.helpers_crops import CROP, LABELS, tiled_scene
 
 UInt8Image = np.ndarray[Any, np.dtype[np.uint8]]
-TILE = 96
-LABELS = ("background", "circle", "square", "triangle")
-#: How the test classifier's training crops and the pipeline's crops are cut.
-CROP = CropSettings(margin=0.15, aspect=1.0, min_size=8)
 
 
 def blank(width: int = 400, height: int = 300) -> UInt8Image:
@@ -166,39 +163,9 @@ def test_bad_chained_tables_are_refused(change: dict[str, Any], message: str) ->
 # -- a real classifier on the crops -------------------------------------------------------
 
 
-def render_crop(rng: np.random.Generator, size: int, label: str) -> UInt8Image:
-    """A training image for the crop classifier, cut by the device's crop code from a
-    tiled scene like the test's: the box of a shape, or (background) a random square
-    inside a tile without one. Neighbouring tiles show at a crop's margin, as they do
-    in the test scenes."""
-    labels = [str(v) for v in rng.choice(LABELS, size=4)]
-    slot = int(rng.integers(4))
-    labels[slot] = label
-    frame, truth = tiled_scene(rng, tuple(labels))
-    if label == "background":
-        side = float(rng.uniform(0.25, 0.6)) / 2.0
-        x, y = (float(v) for v in rng.uniform(0.0, 0.5 - side, size=2))
-        col, row = slot % 2, slot // 2
-        box = NormBox(col / 2 + x, row / 2 + y, col / 2 + x + side, row / 2 + y + side)
-    else:
-        box = next(b for b, lb, index in truth if index == slot)
-    cut = crop(frame, box, CROP)
-    assert cut is not None
-    return cut.image
-
-
 @pytest.fixture(scope="module")
-def crop_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
-    from converters.convert import convert_model
-    from tests.helpers_models import make_trained_model_dir, plain_cnn
-
-    work = tmp_path_factory.mktemp("crop-model")
-    model_dir = make_trained_model_dir(
-        work, size=32, per_class=200, epochs=20, seed=0, render=render_crop,
-        name="shape-crops", architecture=plain_cnn,
-    )  # fmt: skip
-    out = convert_model(model_dir, "int8", work / "shape-crops-int8.ewm")
-    return read_bundle(out.out)
+def crop_bundle(shape_crop_bundle: Path) -> Bundle:
+    return read_bundle(shape_crop_bundle)
 
 
 @pytest.fixture(scope="module")
@@ -208,12 +175,15 @@ def runtime(crop_bundle: Bundle) -> ModelRuntime:
 
 
 def test_a_chained_pipeline_loads_like_any_other(crop_bundle: Bundle) -> None:
-    config = ChainedClassificationConfig(input="shapes", model=Path("shape-crops.ewm"))
-    built = build_crop_classifier("who", config, "cam", crop_bundle, RuntimeSection(threads=1))
-    assert built.loaded.state.name == "who" and built.loaded.state.source == "cam"
-    assert built.loaded.model.name == "shape-crops"
-    assert built.classifier.labels == ("background", "circle", "square", "triangle")
-    assert built.classifier.reportable == ("circle", "square", "triangle")
+    config = ChainedClassificationConfig(
+        input="shapes", model=Path("shape-crops.ewm"), source="cam"
+    )
+    built = build_pipeline("who", config, crop_bundle, RuntimeSection(threads=1))
+    assert built.state.name == "who" and built.state.source == "cam"
+    assert built.model.name == "shape-crops"
+    assert isinstance(built.pipeline, ChainedPipeline)
+    assert built.pipeline.labels == ("background", "circle", "square", "triangle")
+    assert built.pipeline.reportable == ("circle", "square", "triangle")
 
 
 def classifier(bundle: Bundle, runtime: ModelRuntime, **overrides: Any) -> CropClassifier:
@@ -228,24 +198,6 @@ def classifier(bundle: Bundle, runtime: ModelRuntime, **overrides: Any) -> CropC
     }
     config = ChainedClassificationConfig.model_validate(settings | overrides)
     return CropClassifier("who", config, bundle, runtime)
-
-
-def tiled_scene(
-    rng: np.random.Generator, labels: tuple[str, ...]
-) -> tuple[UInt8Image, list[tuple[NormBox, str, int]]]:
-    """Four stills in a 2x2 grid; (frame-normalised box, label, tile) of each shape."""
-    tiles = []
-    truth: list[tuple[NormBox, str, int]] = []
-    for index, label in enumerate(labels):
-        scene = render_scene(rng, (TILE, TILE), label)
-        tiles.append(scene.image)
-        if scene.box is not None:
-            col, row = index % 2, index // 2
-            x0, y0, x1, y1 = scene.box
-            box = NormBox((col + x0) / 2, (row + y0) / 2, (col + x1) / 2, (row + y1) / 2)
-            truth.append((box, label, index))
-    frame = np.vstack([np.hstack(tiles[:2]), np.hstack(tiles[2:])])
-    return np.ascontiguousarray(frame), truth
 
 
 def scene(seed: int) -> tuple[UInt8Image, list[tuple[NormBox, str, int]]]:

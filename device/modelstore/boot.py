@@ -24,13 +24,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from device.bundle.reader import Bundle, read_bundle
 from device.bundle.signing import load_public_key
-from device.config import ClassificationPipeline
+from device.config import ClassificationPipeline, DeviceConfig, RuntimeSection
 from device.config import FramePipelineConfig as PipelineConfig
-from device.pipelines.detection_config import DetectionPipelineConfig
-from device.config import DeviceConfig, RuntimeSection
 from device.errors import EdgewatchError
 from device.modelstore.compat import check_compatible
 from device.modelstore.store import ModelStore
+from device.pipelines.chain_config import ChainedClassificationConfig as ChainedConfig
+from device.pipelines.detection_config import DetectionPipelineConfig
 from device.pipelines.loaded import LoadedPipeline, build_pipeline
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,8 @@ def boot_pipelines(config: DeviceConfig, store: ModelStore) -> list[LoadedPipeli
     return [
         boot_pipeline(name, cfg, store, config.runtime, key)
         for name, cfg in config.pipelines.items()
-        if isinstance(cfg, ClassificationPipeline | DetectionPipelineConfig)  # frames; records boot elsewhere
+        # Frame pipelines; record pipelines (logs, sensors, audio) boot elsewhere.
+        if isinstance(cfg, ClassificationPipeline | DetectionPipelineConfig | ChainedConfig)
     ]
 
 

@@ -65,6 +65,7 @@ from device.mqtt.payloads import (
 )
 from device.mqtt.publisher import MqttPublisher
 from device.mqtt.topics import Topics
+from device.pipelines.chained_frames import ChainedPipeline
 from device.pipelines.loaded import LoadedPipeline, build_pipeline
 from device.sources.camera import Frame
 
@@ -459,6 +460,14 @@ class ModelService:
                 f"{', '.join(self.model_names())}"
             )
         for target in targets:
+            if isinstance(target.pipeline, ChainedPipeline):
+                # Its health cannot be judged per frame (it answers per crop), and a
+                # swap unwatched is not one this service makes.
+                raise BundleIncompatibleError(
+                    f"pipeline {target.name} is chained (it classifies another pipeline's "
+                    "objects); its model is not swapped live: copy the bundle to the "
+                    "device and restart"
+                )
             check_compatible(manifest, target.name, target.pipeline.config)
         return targets
 
@@ -627,10 +636,13 @@ class ModelService:
 
 def _reference(old: LoadedPipeline) -> ReferenceCheck:
     """How many distinct outputs the previous model gives for some frames (collapse check)."""
+    pipeline = old.pipeline
+    if isinstance(pipeline, ChainedPipeline):
+        raise TypeError(f"pipeline {old.name} is chained: no per-frame outputs to compare")
 
     def distinct(frames: Sequence[Frame]) -> int:
         outputs = {
-            output_fingerprint(old.pipeline.infer(dataclasses.replace(f, tensor=None)).scores)
+            output_fingerprint(pipeline.infer(dataclasses.replace(f, tensor=None)).scores)
             for f in frames
         }
         return len(outputs)

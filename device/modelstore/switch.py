@@ -31,8 +31,10 @@ from dataclasses import dataclass, field
 
 from device.errors import ConfigError, ModelStoreError
 from device.modelstore.health import HealthWatch, Verdict
+from device.pipelines.chained_frames import ChainedPipeline
+from device.pipelines.detection import DetectionPipeline
 from device.pipelines.lifecycle import Transition
-from device.pipelines.loaded import LoadedPipeline, hand_over_events
+from device.pipelines.loaded import LoadedPipeline, hand_over_events, reconfigure
 from device.sources.camera import Frame, UInt8Image
 
 log = logging.getLogger(__name__)
@@ -129,8 +131,11 @@ class PipelineSwitcher:
     # -- set-up ---------------------------------------------------------------------------
 
     def users(self, source: str) -> list[int]:
-        """Indices of the source's pipelines, in config order."""
-        return [i for i, p in enumerate(self.pipelines) if p.source == source]
+        """Indices of the source's pipelines in the order they run: config order, but
+        chained pipelines after the others (they read their input's objects for the
+        same frame)."""
+        mine = [i for i, p in enumerate(self.pipelines) if p.source == source]
+        return sorted(mine, key=lambda i: isinstance(self.pipelines[i].pipeline, ChainedPipeline))
 
     def index_of(self, pipeline: str) -> int:
         for index, loaded in enumerate(self.pipelines):
@@ -240,14 +245,22 @@ class PipelineSwitcher:
         self._counts[index] += 1
         watched = self._watched.get(index)
         if watched is None:
-            return loaded, loaded.pipeline.process(own)
+            return loaded, self._run(loaded, own)
         return self._process_watched(index, loaded, watched, own)
+
+    def _run(self, loaded: LoadedPipeline, frame: Frame) -> list[Transition]:
+        pipeline = loaded.pipeline
+        if isinstance(pipeline, ChainedPipeline):
+            upstream = self.pipelines[self.index_of(pipeline.input)].pipeline
+            found = upstream.last_objects if isinstance(upstream, DetectionPipeline) else None
+            return pipeline.process_objects(frame, found)
+        return pipeline.process(frame)
 
     def _process_watched(
         self, index: int, loaded: LoadedPipeline, watched: _Watched, frame: Frame
     ) -> tuple[LoadedPipeline, list[Transition]]:
         try:
-            transitions = loaded.pipeline.process(frame)
+            transitions = self._run(loaded, frame)
         except Exception as exc:
             log.exception("pipeline %s: %s failed on frame %d", loaded.name, loaded.model,
                           frame.index)  # fmt: skip
@@ -255,7 +268,7 @@ class PipelineSwitcher:
             if verdict is not None:
                 self._undo(index, loaded, watched, verdict)
             fallback = watched.previous
-            return fallback, fallback.pipeline.process(dataclasses.replace(frame, tensor=None))
+            return fallback, self._run(fallback, dataclasses.replace(frame, tensor=None))
         result = loaded.pipeline.last_result
         if result is None:
             return loaded, transitions
@@ -302,7 +315,7 @@ class PipelineSwitcher:
             if new.pipeline.config != old.pipeline.config:
                 # Thresholds changed by command while the new model was loading.
                 try:
-                    new.pipeline.reconfigure(old.pipeline.config)
+                    reconfigure(new.pipeline, old.pipeline.config)
                 except ConfigError as exc:
                     log.warning("pipeline %s: kept the new model's settings: %s", new.name, exc)
             self.pipelines[index] = new

@@ -25,6 +25,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from device.detection.config import TrackerSection
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 
 
@@ -43,6 +45,9 @@ class ChainedClassificationConfig(BaseModel):
     #: The detection pipeline whose objects this one classifies; it runs on that
     #: pipeline's frames, so it has no ``source`` of its own.
     input: str = Field(pattern=NAME_PATTERN)
+    #: Not for the user to set: filled with the input pipeline's source when the device
+    #: config is loaded (the state topic and the camera path know pipelines by source).
+    source: str = ""
     #: Detected labels to crop and classify; empty: every detected object.
     input_labels: tuple[str, ...] = ()
     #: The image-classification bundle (.ewm) run on each crop.
@@ -66,6 +71,10 @@ class ChainedClassificationConfig(BaseModel):
     thresholds: dict[str, float] = Field(default_factory=dict)
     #: Labels never reported (besides the bundle's background labels).
     ignore_labels: tuple[str, ...] = ()
+    #: How identified objects become events (one per object and label: a face that is
+    #: "s3" in two looks and "s5" in the next stays s3's event, and s5 must be seen
+    #: ``min_frames`` times to start one).
+    tracker: TrackerSection = Field(default_factory=TrackerSection)
 
     @model_validator(mode="after")
     def _consistent(self) -> ChainedClassificationConfig:

@@ -25,13 +25,11 @@ from typing import Any
 import numpy as np
 
 from device.bundle.reader import Bundle
-from device.config import RuntimeSection
 from device.detection.crops import CropSettings, PixelBox, crop
 from device.detection.objects import DetectedObject
 from device.latency import LatencySummary, LatencyWindow
 from device.pipelines.chain_config import ChainedClassificationConfig
-from device.pipelines.classification import TASK, ImageClassifier
-from device.pipelines.loaded import LoadedModel, load_model
+from device.pipelines.classification import ImageClassifier
 from device.runtime import ModelRuntime
 
 log = logging.getLogger(__name__)
@@ -187,26 +185,3 @@ class CropClassifier:
 def crop_settings(config: ChainedClassificationConfig) -> CropSettings:
     """The crop geometry a chained pipeline's config asks for."""
     return CropSettings(margin=config.margin, aspect=config.crop_aspect, min_size=config.min_size)
-
-
-@dataclass(frozen=True)
-class LoadedCropClassifier:
-    """A chained pipeline ready to serve, and what the state topic says of it."""
-
-    classifier: CropClassifier
-    loaded: LoadedModel
-
-
-def build_crop_classifier(
-    name: str,
-    config: ChainedClassificationConfig,
-    source: str,
-    bundle: Bundle,
-    runtime_cfg: RuntimeSection,
-) -> LoadedCropClassifier:
-    """Load and smoke-test ``bundle`` for chained pipeline ``name``, as every pipeline is
-    loaded (``load_model``). ``source`` is the source of the ``input`` pipeline, which
-    the state topic reports for this one too. Raises BundleError subclasses (task,
-    tensors, smoke test) and ConfigError (labels the model lacks)."""
-    loaded = load_model(name, source, TASK, bundle, runtime_cfg)
-    return LoadedCropClassifier(CropClassifier(name, config, bundle, loaded.runtime), loaded)

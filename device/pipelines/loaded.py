@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TypeAlias
 
 from device.bundle.reader import Bundle
+from device.config import ClassificationPipeline as ClassificationConfig
 from device.config import FramePipelineConfig, RuntimeSection
+from device.errors import ConfigError
 from device.mqtt.payloads import ModelRef, PipelineState
+from device.pipelines.chain_config import ChainedClassificationConfig
+from device.pipelines.chained_frames import ChainedPipeline
 from device.pipelines.classification import ClassificationPipeline
 from device.pipelines.detection import DetectionPipeline
 from device.pipelines.detection_config import DetectionPipelineConfig
@@ -21,11 +26,15 @@ from device.runtime import ModelRuntime, load_for_manifest
 log = logging.getLogger(__name__)
 
 
+#: The pipelines of the camera path.
+FramePipeline: TypeAlias = ClassificationPipeline | DetectionPipeline | ChainedPipeline
+
+
 @dataclass(frozen=True)
 class LoadedPipeline:
     name: str
     source: str
-    pipeline: ClassificationPipeline | DetectionPipeline
+    pipeline: FramePipeline
     model: ModelRef
     state: PipelineState
 
@@ -75,14 +84,20 @@ def build_pipeline(
     return LoadedPipeline(
         name=name,
         source=config.source,
-        pipeline=(
-            DetectionPipeline(name, config, bundle, loaded.runtime)
-            if isinstance(config, DetectionPipelineConfig)
-            else ClassificationPipeline(name, config, bundle, loaded.runtime)
-        ),
+        pipeline=_pipeline_for(name, config, bundle, loaded.runtime),
         model=loaded.model,
         state=loaded.state,
     )
+
+
+def _pipeline_for(
+    name: str, config: FramePipelineConfig, bundle: Bundle, runtime: ModelRuntime
+) -> FramePipeline:
+    if isinstance(config, DetectionPipelineConfig):
+        return DetectionPipeline(name, config, bundle, runtime)
+    if isinstance(config, ChainedClassificationConfig):
+        return ChainedPipeline(name, config, bundle, runtime)
+    return ClassificationPipeline(name, config, bundle, runtime)
 
 
 def hand_over_events(new: LoadedPipeline, old: LoadedPipeline, *, detach: bool) -> None:
@@ -91,15 +106,27 @@ def hand_over_events(new: LoadedPipeline, old: LoadedPipeline, *, detach: bool) 
     shared); without, both share them (a swap under watch, where the old model may
     answer a frame the new one failed, or be switched back). A model swap never changes
     a pipeline's task, so both are of one kind."""
-    if isinstance(new.pipeline, DetectionPipeline) and isinstance(old.pipeline, DetectionPipeline):
-        new.pipeline.adopt_events(old.pipeline)
-        if detach:
-            old.pipeline.detach_events()
-    elif isinstance(new.pipeline, ClassificationPipeline) and isinstance(
-        old.pipeline, ClassificationPipeline
-    ):
-        new.pipeline.adopt_events(old.pipeline)
-        if detach:
-            old.pipeline.detach_events()
-    else:
+    a, b = new.pipeline, old.pipeline
+    if type(a) is not type(b):
         raise TypeError(f"pipeline {new.name}: cannot hand events between different tasks")
+    a.adopt_events(b)  # type: ignore[arg-type]  # the same class: checked above
+    if detach:
+        b.detach_events()
+
+
+#: The config class each frame pipeline is reconfigured with.
+_CONFIG_OF: dict[type, type] = {
+    ClassificationPipeline: ClassificationConfig,
+    DetectionPipeline: DetectionPipelineConfig,
+    ChainedPipeline: ChainedClassificationConfig,
+}
+
+
+def reconfigure(pipeline: FramePipeline, config: FramePipelineConfig) -> None:
+    """``pipeline.reconfigure(config)`` for a config of the pipeline's own kind;
+    ConfigError for another (a task changed in the file needs a restart)."""
+    if not isinstance(config, _CONFIG_OF[type(pipeline)]):
+        raise ConfigError(
+            f"pipelines.{pipeline.name}: its kind changed ({config.task}); restart the daemon"
+        )
+    pipeline.reconfigure(config)  # type: ignore[arg-type]  # its own kind: checked above

@@ -1,0 +1,170 @@
+"""Object detection in the running daemon: a camera file with shapes crossing a still
+scene, the session's tiny int8 detector, the motion gate, masks and zones, snapshots on
+their own topic, and a chained classifier naming each detected box."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from device.config import load_config
+from device.daemon import Daemon
+from device.mqtt.payloads import Event
+from tests.conftest import Broker
+from tests.helpers_mqtt import Probe
+from training.synthetic.shapes import Appearance, VideoTruth, write_shapes_video
+
+BASE = "edgewatch/cam1"
+FPS = 10.0
+SIZE = (128, 128)
+#: One square crossing the view between still stretches.
+SCRIPT = (Appearance("square", 3.0, 7.0),)
+DURATION_S = 11.0
+
+
+@pytest.fixture(scope="module")
+def crossing(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, VideoTruth]:
+    path = tmp_path_factory.mktemp("crossing") / "crossing.avi"
+    truth = write_shapes_video(path, seed=3, size=SIZE, fps=FPS, script=SCRIPT,
+                               duration_s=DURATION_S)  # fmt: skip
+    return path, truth
+
+
+def _config(tmp_path: Path, port: int, video: Path, detector: Path, extra: str = "") -> Path:
+    path = tmp_path / "device.toml"
+    path.write_text(
+        f"""
+[device]
+id = "cam1"
+state_dir = "{tmp_path / "state"}"
+
+[mqtt]
+host = "127.0.0.1"
+port = {port}
+reconnect_min_s = 0.2
+reconnect_max_s = 1.0
+
+[outbox]
+enabled = false
+
+[sources.desk]
+file = "{video}"
+fps = 0
+
+[pipelines.shapes]
+task = "object-detection"
+source = "desk"
+model = "{detector}"
+threshold = 0.5
+
+[pipelines.shapes.motion]
+keepalive_s = 2.0
+
+[pipelines.shapes.snapshot]
+enabled = true
+max_bytes = 4096
+on = ["end"]
+
+[pipelines.shapes.zones.left]
+points = [[0.0, 0.0], [0.5, 0.0], [0.5, 1.0], [0.0, 1.0]]
+{extra}
+"""
+    )
+    return path
+
+
+def _run(config_path: Path, broker: Broker) -> tuple[Daemon, Probe]:
+    probe = Probe(broker.host, broker.port, f"{BASE}/#")
+    daemon = Daemon(load_config(config_path), realtime=False)
+    started = time.monotonic()
+    daemon.run()  # returns when the file has been played
+    assert time.monotonic() - started < 120
+    time.sleep(1.0)  # the last messages reach the probe
+    probe.close()
+    return daemon, probe
+
+
+def _events(probe: Probe, pipeline: str) -> list[Event]:
+    return [
+        event
+        for m in probe.messages
+        if m.topic == f"{BASE}/events/desk"
+        and (event := Event.model_validate_json(m.payload)).pipeline == pipeline
+    ]
+
+
+def test_one_object_crossing_is_one_event_with_its_box_zones_and_snapshot(
+    mosquitto: Broker, detector_bundle: Path, crossing: tuple[Path, VideoTruth], tmp_path: Path
+) -> None:
+    video, truth = crossing
+    daemon, probe = _run(_config(tmp_path, mosquitto.port, video, detector_bundle), mosquitto)
+    events = _events(probe, "shapes")
+    kinds = [(e.type, e.label) for e in events if e.type != "update"]
+    assert kinds == [("start", "square"), ("end", "square")], [(e.type, e.label) for e in events]
+    start, end = events[0], events[-1]
+    assert start.event_id == end.event_id and start.task == "object-detection"
+    assert 2.0 <= end.duration_s <= 4.5  # in view for 4 s
+    # Each box's centre lies inside the square's true box in some frame of its path.
+    boxes = [b for i in range(truth.frame_count) if (b := truth.box_at(i)) is not None]
+    for event in (start, end):
+        assert event.box is not None
+        x = (event.box.xmin + event.box.xmax) / 2
+        y = (event.box.ymin + event.box.ymax) / 2
+        assert any(b[0] <= x <= b[2] and b[1] <= y <= b[3] for b in boxes), event.box
+    assert start.zones is not None and end.zones is not None
+    # The snapshot: on its own topic, before the end event, under the cap, a real JPEG.
+    assert start.snapshot is None and end.snapshot is not None
+    shots = [m for m in probe.messages if m.topic == f"{BASE}/events/desk/snapshot"]
+    assert len(shots) == 1 and end.snapshot.topic == shots[0].topic
+    assert len(shots[0].payload) == end.snapshot.bytes <= 4096
+    image = cv2.imdecode(np.frombuffer(shots[0].payload, np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None and image.shape[:2] == (end.snapshot.height, end.snapshot.width)
+    # The still stretches were gated: the model ran on far fewer frames than were read.
+    stats = daemon.stats()
+    figures = {p.name: p for p in stats.pipelines}["shapes"]
+    assert figures.gated > 0 and figures.inferences > 0
+    assert figures.gated + figures.inferences == truth.frame_count
+    assert figures.inferences < truth.frame_count * 0.7
+
+
+def test_a_mask_over_the_path_suppresses_the_object(
+    mosquitto: Broker, detector_bundle: Path, crossing: tuple[Path, VideoTruth], tmp_path: Path
+) -> None:
+    video, _ = crossing
+    mask = "masks = [[[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]]"
+    config = _config(tmp_path, mosquitto.port, video, detector_bundle).read_text()
+    config = config.replace('threshold = 0.5\n', f"threshold = 0.5\n{mask}\n", 1)
+    path = tmp_path / "masked.toml"
+    path.write_text(config)
+    _, probe = _run(path, mosquitto)
+    assert _events(probe, "shapes") == []
+
+
+def test_a_chained_classifier_names_each_detected_box(
+    mosquitto: Broker,
+    detector_bundle: Path,
+    shape_crop_bundle: Path,
+    crossing: tuple[Path, VideoTruth],
+    tmp_path: Path,
+) -> None:
+    video, _ = crossing
+    chained = f"""
+[pipelines.what]
+task = "image-classification"
+input = "shapes"
+model = "{shape_crop_bundle}"
+margin = 0.15
+square = true
+min_size = 8
+threshold = 0.4
+"""
+    _, probe = _run(_config(tmp_path, mosquitto.port, video, detector_bundle, chained), mosquitto)
+    named = [e for e in _events(probe, "what") if e.type != "update"]
+    assert [(e.type, e.label) for e in named] == [("start", "square"), ("end", "square")]
+    assert named[0].box is not None and named[0].task == "image-classification"
+    detected = [e for e in _events(probe, "shapes") if e.type == "start"]
+    assert len(detected) == 1
