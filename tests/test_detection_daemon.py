@@ -23,7 +23,7 @@ FPS = 10.0
 SIZE = (128, 128)
 #: One square crossing the view between still stretches.
 SCRIPT = (Appearance("square", 3.0, 7.0),)
-DURATION_S = 11.0
+DURATION_S = 20.0  # a still stretch after it: only keep-alives look there
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def test_one_object_crossing_is_one_event_with_its_box_zones_and_snapshot(
     figures = {p.name: p for p in stats.pipelines}["shapes"]
     assert figures.gated > 0 and figures.inferences > 0
     assert figures.gated + figures.inferences == truth.frame_count
-    assert figures.inferences < truth.frame_count * 0.7
+    assert figures.inferences < truth.frame_count * 0.5
 
 
 def test_a_mask_over_the_path_suppresses_the_object(
@@ -164,7 +164,16 @@ threshold = 0.4
 """
     _, probe = _run(_config(tmp_path, mosquitto.port, video, detector_bundle, chained), mosquitto)
     named = [e for e in _events(probe, "what") if e.type != "update"]
-    assert [(e.type, e.label) for e in named] == [("start", "square"), ("end", "square")]
-    assert named[0].box is not None and named[0].task == "image-classification"
+    seen = [(e.type, e.label, e.score, e.duration_s) for e in named]
+    # Every "what" event is the second model's verdict on the detected square's crop,
+    # with the detector's box. The tiny crop classifier may misname the square for a
+    # few frames where it enters or leaves (half of it in view), but what it says for
+    # most of the crossing is "square": one event that lasts.
+    ends = [e for e in named if e.type == "end"]
+    assert len(ends) == len([e for e in named if e.type == "start"]), seen
+    longest = max(ends, key=lambda e: e.duration_s)
+    assert longest.label == "square" and longest.duration_s >= 2.5, seen
+    assert sum(e.duration_s for e in ends if e.label != "square") < longest.duration_s / 2, seen
+    assert all(e.box is not None and e.task == "image-classification" for e in named)
     detected = [e for e in _events(probe, "shapes") if e.type == "start"]
     assert len(detected) == 1

@@ -67,6 +67,12 @@ BoolImage = np.ndarray[Any, np.dtype[np.bool_]]
 WHOLE_FRAME_ABOVE = 0.5
 #: Pixels that differ from the background learn this much slower than still ones.
 MOVING_ALPHA_FACTOR = 0.25
+#: A pixel that differs from the background but has not changed from frame to frame
+#: for this many frames is a "ghost" (where an object was, or where one stopped): not
+#: motion any more, and learnt GHOST_ALPHA_FACTOR times faster than still pixels, so a
+#: departed object stops waking the model within a second instead of fading for many.
+GHOST_FRAMES = 5
+GHOST_ALPHA_FACTOR = 4.0
 #: Overall gain corrections outside this range are lighting changes, not drift.
 _GAIN_RANGE = (0.5, 2.0)
 #: Pixels sampled (every n-th row and column) to estimate the gain.
@@ -108,6 +114,10 @@ class MotionDetector:
         self._blur = (5, 5)
         self._dilate: UInt8Image = np.ones((3, 3), dtype=np.uint8)
         self._min_pixels = 0.0
+        #: The previous (prepared) frame, and for how many frames each pixel has not
+        #: changed from one frame to the next (ghosts: see GHOST_FRAMES).
+        self._previous: FloatImage | None = None
+        self._steady: UInt8Image | None = None
         #: Frames looked at and the time spent on them (perf_counter seconds).
         self.frames = 0
         self.seconds = 0.0
@@ -121,6 +131,8 @@ class MotionDetector:
         """Forget the background (the next frame starts afresh): after the camera moved,
         or its settings changed."""
         self._background = None
+        self._previous = None
+        self._steady = None
 
     def detect(self, image: UInt8Image) -> MotionResult:
         """Compare ``image`` (BGR or grey, any size) with the background, then fold it in."""
@@ -140,6 +152,7 @@ class MotionDetector:
             self._background = grey.copy()
             return MotionResult(False, (), None, 0.0, warming_up=True)
 
+        steady = self._track_steady(grey)
         changed = self._changed(grey, background)
         fraction = float(np.count_nonzero(changed)) / self._unmasked_pixels
         if fraction > 0.0:
@@ -156,8 +169,18 @@ class MotionDetector:
         if fraction == 0.0:
             cv2.accumulateWeighted(grey, background, self.config.background_alpha)
             return MotionResult(False, (), None, 0.0)
-        self._learn(grey, background, changed)
-        return self._regions(changed, fraction)
+        grown = cv2.dilate(changed.view(np.uint8), self._dilate)
+        count, labels, stats, _centroids = cv2.connectedComponentsWithStats(grown, connectivity=8)
+        # A region is moving when some of its changed pixels changed lately; one whose
+        # changed pixels have all held still for GHOST_FRAMES is a ghost (or an object
+        # that stopped: the keep-alive re-checks those).
+        fresh = np.logical_and(changed, steady < GHOST_FRAMES)
+        alive = np.zeros(count, dtype=bool)
+        alive[labels[fresh]] = True
+        alive[0] = False
+        ghosts = np.logical_and(changed, np.logical_not(alive[labels]))
+        self._learn(grey, background, changed, ghosts)
+        return self._regions(stats, alive, fraction)
 
     # -- steps --------------------------------------------------------------------------
 
@@ -213,21 +236,42 @@ class MotionDetector:
             return 1.0
         return ratio
 
-    def _learn(self, grey: FloatImage, background: FloatImage, changed: BoolImage) -> None:
-        """Fold the frame into the background: still pixels at ``background_alpha``,
-        changed ones MOVING_ALPHA_FACTOR times slower, so a slowly moving object is not
-        absorbed into the background while it still overlaps itself."""
-        alpha = self.config.background_alpha
-        moving = changed.view(np.uint8)
-        cv2.accumulateWeighted(grey, background, alpha, mask=1 - moving)
-        cv2.accumulateWeighted(grey, background, alpha * MOVING_ALPHA_FACTOR, mask=moving)
+    def _track_steady(self, grey: FloatImage) -> UInt8Image:
+        """Per pixel, how many frames in a row it has stayed (within half the
+        threshold) what it was in the previous frame."""
+        previous, steady = self._previous, self._steady
+        self._previous = grey
+        if previous is None or steady is None or previous.shape != grey.shape:
+            self._steady = np.zeros(grey.shape, dtype=np.uint8)
+            return self._steady
+        still = cv2.absdiff(grey, previous) <= self.config.threshold / 2.0
+        np.add(steady, 1, out=steady, where=np.logical_and(still, steady < 255))
+        steady[~still] = 0
+        return steady
 
-    def _regions(self, changed: BoolImage, fraction: float) -> MotionResult:
-        grown = cv2.dilate(changed.view(np.uint8), self._dilate)
-        count, _labels, stats, _centroids = cv2.connectedComponentsWithStats(grown, connectivity=8)
+    def _learn(
+        self, grey: FloatImage, background: FloatImage, changed: BoolImage, ghosts: BoolImage
+    ) -> None:
+        """Fold the frame into the background: still pixels at ``background_alpha``,
+        moving ones MOVING_ALPHA_FACTOR times slower (a slowly moving object is not
+        absorbed while it still overlaps itself), ghosts GHOST_ALPHA_FACTOR times faster
+        (what is left where an object was is forgotten soon)."""
+        alpha = self.config.background_alpha
+        moving = np.logical_and(changed, np.logical_not(ghosts)).view(np.uint8)
+        still = np.logical_not(changed).view(np.uint8)
+        cv2.accumulateWeighted(grey, background, alpha, mask=still)
+        cv2.accumulateWeighted(grey, background, alpha * MOVING_ALPHA_FACTOR, mask=moving)
+        fast = min(1.0, alpha * GHOST_ALPHA_FACTOR)
+        cv2.accumulateWeighted(grey, background, fast, mask=ghosts.view(np.uint8))
+
+    def _regions(
+        self, stats: np.ndarray[Any, Any], alive: np.ndarray[Any, Any], fraction: float
+    ) -> MotionResult:
+        """Moving regions from the changed pixels' components: the ones still moving
+        (``alive``), at least ``min_area`` large."""
         width, height = self._size
         found: list[tuple[int, NormBox]] = []
-        for index in range(1, count):
+        for index in np.flatnonzero(alive):
             x, y, w, h, area = (int(v) for v in stats[index])
             if area < self._min_pixels or area == 0:
                 continue
