@@ -224,6 +224,13 @@ def convert_model(
             model_dir, level, out, calibration_dir=calibration_dir, sign_key=sign_key,
             threads=threads,
         )  # fmt: skip
+    if info.task == "object-detection":
+        from converters.convert_detection import convert_detection_model
+
+        return convert_detection_model(
+            model_dir, info, level, out, calibration_dir=calibration_dir, sign_key=sign_key,
+            threads=threads,
+        )  # fmt: skip
     if info.task == "log-anomaly":
         from converters.convert_logs import convert_log_model
 

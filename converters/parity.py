@@ -114,11 +114,16 @@ def measure_level(
     )
 
 
-def render_parity_table(rows: Sequence[LevelParity]) -> str:
-    """A markdown table, one row per level, with size relative to the first row."""
+def render_parity_table(
+    rows: Sequence[LevelParity], metric: str = "acc", agreement: str = "top-1 agree"
+) -> str:
+    """A markdown table, one row per level, with size relative to the first row.
+
+    ``metric`` and ``agreement`` name the figures (a detector's are F1 and per-cell
+    agreement)."""
     base = rows[0].size_bytes if rows else 0
     lines = [
-        "| level | size (KiB) | vs first | Keras acc | bundle acc | top-1 agree "
+        f"| level | size (KiB) | vs first | Keras {metric} | bundle {metric} | {agreement} "
         "| invoke p50 (ms) | samples |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]

@@ -158,6 +158,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             + "\n"
         )
         return 0
+    if task == "object-detection":
+        from device.bench_detection import render_detection_bench, run_detection_bench
+
+        detection = run_detection_bench(args.bundle, video=args.video, threads=args.threads,
+                                        frames=args.frames)  # fmt: skip
+        sys.stdout.write(
+            (json.dumps(detection.to_dict(), indent=2) if args.json
+             else render_detection_bench(detection)) + "\n"
+        )  # fmt: skip
+        return 0
     if task == "log-anomaly":
         from device.bench_logs import render_log_bench, run_log_bench
 
@@ -282,7 +292,37 @@ def _cmd_train_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_detection(args: argparse.Namespace) -> int:
+    from training.train_detection import DetectionTrainOptions, train_detector
+    from training.versioning import timestamp_version
+
+    defaults = DetectionTrainOptions()
+    labels = tuple(x.strip() for x in args.labels.split(",") if x.strip()) if args.labels else None
+    options = DetectionTrainOptions(
+        epochs=args.epochs if _given(args, "epochs") else defaults.epochs,
+        seed=args.seed,
+        input_size=args.input_size,
+        color=args.color,
+        batch_size=args.batch_size or defaults.batch_size,
+        patience=args.patience if _given(args, "patience") else defaults.patience,
+        labels=labels,
+        version=args.model_version or timestamp_version(),
+        **({"name": args.name} if args.name else {}),
+    )
+    result = train_detector(args.data_dir, args.out, options)
+    metrics = result.test_metrics
+    sys.stdout.write(
+        f"trained {result.epochs_run} epochs (best {result.best_epoch}); threshold "
+        f"{result.threshold:.2f} (validation F1 {result.val_f1:.3f}); held-out "
+        f"{len(result.split.test)} images: precision {metrics.precision:.3f}, recall "
+        f"{metrics.recall:.3f}, F1 {metrics.f1:.3f}\nmodel folder: {result.out_dir}\n"
+    )
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
+    if args.task == "object-detection":
+        return _cmd_train_detection(args)
     if args.task == "audio-classification":
         return _cmd_train_audio(args)
     if args.task == "sensor-anomaly":
@@ -293,8 +333,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return _cmd_train_logs(args)
     if args.task != "image-classification":
         raise EdgewatchError(
-            f"training for {args.task} is not available yet; supported: image-classification, "
-            "audio-classification, log-anomaly, sensor-anomaly"
+            f"training for {args.task} is not available yet; supported: "
+            "image-classification, object-detection, audio-classification, log-anomaly, "
+            "sensor-anomaly"
         )
     from training.train_image import ImageTrainOptions, train_image_classifier
     from training.versioning import timestamp_version
@@ -339,10 +380,13 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         )
         parity = result.parity
         rows.append(parity)
+        detection = result.manifest.task == "object-detection"
+        metric, agreement = ("F1", "cell agreement") if detection else (
+            "accuracy", "top-1 agreement")  # fmt: skip
         sys.stdout.write(
             f"wrote {result.out} ({parity.size_bytes / 1024:.1f} KiB, {level}); held-out "
-            f"accuracy: keras {parity.reference_accuracy:.3f}, bundle "
-            f"{parity.bundle_accuracy:.3f}, top-1 agreement {parity.top1_agreement:.3f}, "
+            f"{metric}: keras {parity.reference_accuracy:.3f}, bundle "
+            f"{parity.bundle_accuracy:.3f}, {agreement} {parity.top1_agreement:.3f}, "
             f"invoke p50 {parity.invoke_ms_p50:.3f} ms\n"
         )
         if result.edgetpu_report is not None and level == levels[-1]:
@@ -350,7 +394,11 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         for warning in result.warnings:
             sys.stderr.write(f"warning: {warning}\n")
     if len(rows) > 1:
-        table = render_parity_table(rows)
+        detection = result.manifest.task == "object-detection"
+        table = (
+            render_parity_table(rows, metric="F1", agreement="cell agree")
+            if detection else render_parity_table(rows)
+        )  # fmt: skip
         report = args.out.with_name(f"{args.out.stem}.parity.md")
         report.write_text(table + "\n", encoding="utf-8")
         sys.stdout.write(f"\n{table}\n\nparity table written to {report}\n")
@@ -359,6 +407,16 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from device.bench_sensors import is_sensor_bundle
+    if _bundle_task(args.bundle) == "object-detection":
+        from training.evaluate_detection import evaluate_detection_bundle
+
+        detection = evaluate_detection_bundle(args.bundle, args.data_dir, threads=args.threads,
+                                              out_dir=args.report)  # fmt: skip
+        sys.stdout.write(
+            (json.dumps(detection.to_dict(), indent=2) if args.json
+             else detection.render_text()) + "\n"
+        )  # fmt: skip
+        return 0
     if _bundle_task(args.bundle) == "log-anomaly":
         from training.evaluate_logs import evaluate_log_bundle
 
@@ -529,10 +587,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, required=True)
     train.add_argument(
         "--epochs", type=int, default=30, action=_ExplicitInt,
-        help="most epochs (default 30; 80 for audio, where early stopping usually ends sooner)",
+        help="most epochs (default 30; 80 for audio and object detection, where early "
+        "stopping usually ends sooner)",
     )  # fmt: skip
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--input-size", type=int, default=96)
+    train.add_argument("--input-size", type=int, default=96,
+                       help="square input side in pixels (detection: a multiple of 8)")  # fmt: skip
     train.add_argument("--alpha", type=float, default=0.5, help="width multiplier")
     train.add_argument("--color", choices=["rgb", "grey"], default="rgb")
     train.add_argument("--batch-size", type=int, default=None,
@@ -542,8 +602,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--blocks", type=int, default=10, help="separable blocks (fewer for small inputs)"
     )
     train.add_argument(
-        "--patience", type=int, default=5, help="epochs without val-loss gain before stopping"
-    )
+        "--patience", type=int, default=5, action=_ExplicitInt,
+        help="epochs without improvement before stopping (default 5; 20 for detection, "
+        "which watches validation F1)",
+    )  # fmt: skip
     train.add_argument(
         "--warmup-epochs", type=int, default=3, help="epochs before early stopping watches"
     )
@@ -551,6 +613,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--model-version",
         help="model version (default: the UTC time, YYYYMMDD.HHMMSS, so each run differs)",
+    )
+    detection = train.add_argument_group("object-detection")
+    detection.add_argument(
+        "--labels",
+        help="comma-separated classes to expect; a boxes.csv row with another class is an "
+        "error (default: every class in boxes.csv)",
     )
     sensors = train.add_argument_group("sensor-anomaly")
     sensors.add_argument("--window", type=_positive_int, default=32, help="steps per window")

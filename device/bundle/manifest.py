@@ -298,8 +298,34 @@ class NextEventDecoding(_Frozen):
 
 
 
+class HeatmapDecoding(_Frozen):
+    """Output 0 is a grid of per-cell class scores: a FOMO-style centroid detector.
+
+    The output has shape (1, rows, cols, labels): cell (row, col) covers ``stride`` x
+    ``stride`` pixels of the model input, and channel ``k`` scores label ``k`` (the
+    ``background_label`` channel meaning "no object centre here"). With
+    ``apply_softmax`` the scores are logits and the device applies softmax per cell:
+    the Edge TPU runs SOFTMAX only on 1-D tensors, so the graph ends at its last
+    convolution and stays whole on the accelerator.
+
+    Per label, the cells at or above that label's threshold, and for which it is the
+    most probable label besides the background, that touch (8-connected) form one
+    object: its score is the highest probability among them, its centroid
+    their probability-weighted centre, and its box their extent grown by
+    ``box_scale`` about its centre (an estimate: the model regresses no box; training
+    marks only the middle of each box as object cells, hence the growth).
+    ``device/detection/decode.py`` is the one implementation.
+    """
+
+    kind: Literal["centroid-heatmap"] = "centroid-heatmap"
+    stride: int = Field(ge=1, le=64)
+    background_label: str = Field(min_length=1)
+    apply_softmax: bool = True
+    box_scale: float = Field(1.0, ge=1.0, le=10.0)
+
+
 Decoding = Annotated[
-    ClassificationDecoding | ReconstructionDecoding | NextEventDecoding,
+    ClassificationDecoding | ReconstructionDecoding | NextEventDecoding | HeatmapDecoding,
     Field(discriminator="kind"),
 ]
 
@@ -408,6 +434,8 @@ class Manifest(_Frozen):
             self.task != "audio-classification"
         ):
             raise ValueError("audio preprocessing belongs in an audio-classification manifest")
+        if self.task == "object-detection" or isinstance(self.decoding, HeatmapDecoding):
+            self._consistent_detector()
         if isinstance(self.preprocessing, LogPreprocessing):
             self._consistent_log_model(self.preprocessing)
         elif self.task == "log-anomaly":
@@ -421,6 +449,43 @@ class Manifest(_Frozen):
         ):
             return self.preprocessing, self.decoding
         return None
+
+    def detector_parts(self) -> tuple[ImagePreprocessing, HeatmapDecoding] | None:
+        """Preprocessing and decoding of an object detector; None for other models."""
+        if isinstance(self.preprocessing, ImagePreprocessing) and isinstance(
+            self.decoding, HeatmapDecoding
+        ):
+            return self.preprocessing, self.decoding
+        return None
+
+    def _consistent_detector(self) -> None:
+        parts = self.detector_parts()
+        if self.task != "object-detection" or parts is None:
+            raise ValueError(
+                "an object-detection manifest needs image preprocessing and a "
+                "centroid-heatmap decoding, and a centroid-heatmap decoding belongs in an "
+                "object-detection manifest"
+            )
+        spec, decoding = parts
+        if decoding.background_label not in self.labels:
+            raise ValueError(
+                f"background label {decoding.background_label!r} is not one of the labels"
+            )
+        if len(self.labels) < 2:
+            raise ValueError("a detector needs the background label and at least one class")
+        if spec.resize != "stretch":
+            # Normalised boxes survive a stretch unchanged; a centre crop would cut
+            # objects off and shift every coordinate.
+            raise ValueError("a detector's preprocessing must resize by stretch")
+        rows = -(-spec.height // decoding.stride)
+        cols = -(-spec.width // decoding.stride)
+        expected = (rows, cols, len(self.labels))
+        if tuple(self.outputs[0].shape[-3:]) != expected or len(self.outputs[0].shape) != 4:
+            raise ValueError(
+                f"a {spec.width}x{spec.height} detector with stride {decoding.stride} and "
+                f"{len(self.labels)} labels outputs (1, {rows}, {cols}, {len(self.labels)}); "
+                f"output 0 is {list(self.outputs[0].shape)}"
+            )
 
     def _consistent_log_model(self, spec: LogPreprocessing) -> None:
         if self.task != "log-anomaly" or not isinstance(self.decoding, NextEventDecoding):

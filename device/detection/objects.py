@@ -75,7 +75,17 @@ class DetectedObject:
     score: float
     box: NormBox
     box_is_estimate: bool = True
+    #: Where the detector places the object's centre, normalised (x, y), when that is
+    #: not the box's middle: a centroid decoder weights cells by probability, so its
+    #: centre is sharper than the middle of the cells' extent. None: the box's middle.
+    center: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.center is not None and not (
+            0.0 <= self.center[0] <= 1.0 and 0.0 <= self.center[1] <= 1.0
+        ):
+            raise ValueError(f"center {self.center} is not a normalised point (0..1)")
 
     @property
     def centroid(self) -> tuple[float, float]:
-        return self.box.centroid
+        return self.center if self.center is not None else self.box.centroid

@@ -1,0 +1,219 @@
+"""A trained detector converted at every level, and the device's Detector and bench on it.
+
+The model is the generated-scenes detector of ``tests/helpers_detection.py`` (trained
+once per session). ``edgewatch convert --quant all`` writes the five bundles with the
+int8 ranges calibrated on a detection folder's images; each must load on the device
+runtime, keep the Keras model's F1, and the int8 model must be all Edge TPU ops.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from converters.edgetpu import edgetpu_report
+from converters.model_dir import read_info
+from device.bench_detection import run_detection_bench
+from device.bundle.reader import read_bundle
+from device.cli import main
+from device.detection.detector import Detector
+from device.detection.objects import NormBox
+from device.errors import BundleTaskError, ConfigError
+from device.preprocessing.image import frame_to_input
+from tests.helpers_detection import SyntheticDetector, synthetic_detector
+from training.datasets.boxes import iter_box_images, scan_box_folder
+from training.evaluate_detection import evaluate_detection_bundle
+
+LEVELS = ("float32", "float16", "dynamic", "int8", "edgetpu")
+EDGETPU_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D", "ADD"}
+
+
+@pytest.fixture(scope="module")
+def detector(tmp_path_factory: pytest.TempPathFactory) -> SyntheticDetector:
+    return synthetic_detector(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def bundles(detector: SyntheticDetector, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`edgewatch convert --quant all`, calibrated on a detection folder's images."""
+    out = tmp_path_factory.mktemp("detector-bundles")
+    code = main(
+        [
+            "convert",
+            str(detector.model_dir),
+            "--quant",
+            "all",
+            "--out",
+            str(out / "shapes.ewm"),
+            "--calibration",
+            str(detector.unseen_dir / "images"),
+        ]
+    )
+    assert code == 0
+    return out
+
+
+@pytest.mark.slow
+def test_every_level_is_a_valid_detection_bundle(
+    detector: SyntheticDetector, bundles: Path
+) -> None:
+    info = read_info(detector.model_dir)
+    for level in LEVELS:
+        bundle = read_bundle(bundles / f"shapes-{level}.ewm")
+        manifest = bundle.manifest
+        assert manifest.task == "object-detection" and manifest.quantization == level
+        assert manifest.decoding == info.decoding
+        assert manifest.labels == info.labels
+        assert manifest.thresholds.default == info.default_threshold
+        assert manifest.outputs[0].shape == (1, 8, 8, 4)
+        integer = level in ("int8", "edgetpu")
+        assert manifest.inputs[0].dtype == ("int8" if integer else "float32")
+        if integer:
+            assert manifest.provenance["calibration"] == "images"
+        assert manifest.metrics is not None
+        # Quantization may move a detection, not the model's behaviour.
+        assert manifest.metrics.bundle_accuracy == pytest.approx(
+            manifest.metrics.reference_accuracy, abs=0.1
+        ), level
+        assert manifest.metrics.top1_agreement > 0.95, level
+    table = (bundles / "shapes.parity.md").read_text()
+    assert "Keras F1" in table and "cell agree" in table
+
+
+@pytest.mark.slow
+def test_the_int8_detector_is_all_edge_tpu_ops(bundles: Path) -> None:
+    bundle = read_bundle(bundles / "shapes-int8.ewm")
+    report = edgetpu_report(bundle.model_bytes, run_compiler=False)
+    assert report.all_supported, report.render_text()
+    assert {op.op_name for op in report.ops} == EDGETPU_OPS
+    written = (bundles / "shapes-int8.edgetpu.txt").read_text()
+    assert f"{len(report.ops)} ops, {len(report.ops)} supported, 0 unsupported" in written
+    for name in EDGETPU_OPS:
+        assert f"\n{name} " in written
+    assert (bundles / "shapes-edgetpu.edgetpu.txt").is_file()
+
+
+@pytest.fixture(scope="module")
+def int8_detector(bundles: Path) -> Detector:
+    return Detector.load(read_bundle(bundles / "shapes-int8.ewm"), threads=2)
+
+
+@pytest.fixture(scope="module")
+def unseen(detector: SyntheticDetector) -> list[tuple[np.ndarray, list[tuple[str, NormBox]]]]:
+    folder = scan_box_folder(detector.unseen_dir)
+    return [
+        (frame, [(b.label, b.box) for b in image.boxes]) for image, frame in iter_box_images(folder)
+    ]
+
+
+@pytest.mark.slow
+def test_capture_thread_preprocessing_gives_the_same_objects(
+    int8_detector: Detector, unseen: list
+) -> None:
+    found = 0
+    for frame, _ in unseen[:20]:
+        direct = int8_detector.detect(frame)
+        handed = int8_detector.detect(frame, tensor=int8_detector.preprocess(frame))
+        assert direct.objects == handed.objects and direct.region is None
+        assert np.array_equal(direct.probabilities, handed.probabilities)
+        found += len(direct.objects)
+    assert found > 10
+
+
+@pytest.mark.slow
+def test_the_lookup_table_path_equals_normalise_then_quantize(
+    int8_detector: Detector, unseen: list
+) -> None:
+    """The int8 input goes through a 256-entry table; the long way gives the same output."""
+    frame = unseen[0][0]
+    result = int8_detector.detect(frame)
+    runtime = int8_detector.runtime
+    output = runtime.invoke([frame_to_input(frame, int8_detector.spec)])[0]
+    probabilities, _ = int8_detector.output_to_objects(output)
+    assert np.array_equal(probabilities, result.probabilities)
+
+
+@pytest.mark.slow
+def test_a_region_of_interest_finds_the_object_in_full_frame_coordinates(
+    int8_detector: Detector, unseen: list
+) -> None:
+    """Four unseen scenes side by side make a frame twice the size; the region of one
+    object is cropped at that scene's own scale and mapped back to the big frame."""
+    tried = hits = 0
+    for start in range(0, 40, 4):
+        quad = unseen[start : start + 4]
+        top = np.hstack([quad[0][0], quad[1][0]])
+        frame = np.vstack([top, np.hstack([quad[2][0], quad[3][0]])])
+        for index, (_, objects) in enumerate(quad):
+            dx, dy = (index % 2) * 0.5, (index // 2) * 0.5
+            for label, box in objects:
+                placed = NormBox(dx + box.x_min / 2, dy + box.y_min / 2,
+                                 dx + box.x_max / 2, dy + box.y_max / 2)  # fmt: skip
+                result = int8_detector.detect(frame, region=placed)
+                assert result.region is not None
+                assert result.region.x_min <= placed.x_min and result.region.x_max >= placed.x_max
+                tried += 1
+                hits += any(
+                    o.label == label
+                    and placed.x_min <= o.centroid[0] <= placed.x_max
+                    and placed.y_min <= o.centroid[1] <= placed.y_max
+                    for o in result.objects
+                )
+    assert tried > 20
+    assert hits / tried >= 0.6, (hits, tried)
+
+
+@pytest.mark.slow
+def test_thresholds_follow_the_precedence_and_refuse_unknown_labels(
+    bundles: Path, unseen: list
+) -> None:
+    bundle = read_bundle(bundles / "shapes-int8.ewm")
+    default = bundle.manifest.thresholds.default
+    detector = Detector.load(bundle, threads=1, thresholds={"circle": 0.9}, threshold=0.3)
+    assert detector.thresholds == {"circle": 0.9, "square": 0.3, "triangle": 0.3}
+    detector.set_thresholds({})
+    assert set(detector.thresholds.values()) == {default}
+    detector.set_thresholds({}, default=1.0)
+    frames = [frame for frame, objects in unseen[:15]]
+    assert all(all(o.score >= 1.0 for o in detector.detect(frame).objects) for frame in frames)
+    with pytest.raises(ConfigError, match="detects only circle, square, triangle"):
+        detector.set_thresholds({"background": 0.5})
+    with pytest.raises(ConfigError, match=r"must be in \[0, 1\]"):
+        detector.set_thresholds({"circle": 1.5})
+
+
+@pytest.mark.slow
+def test_float_and_int8_bundles_agree_on_unseen_scenes(
+    detector: SyntheticDetector, bundles: Path
+) -> None:
+    f1 = {
+        level: evaluate_detection_bundle(bundles / f"shapes-{level}.ewm", detector.unseen_dir).f1
+        for level in ("float32", "int8")
+    }
+    assert f1["int8"] == pytest.approx(f1["float32"], abs=0.08)
+
+
+def test_a_classifier_bundle_is_not_a_detector(int8_bundle: Path, tmp_path: Path) -> None:
+    with pytest.raises(BundleTaskError, match="object-detection"):
+        Detector.load(read_bundle(int8_bundle))
+    with pytest.raises(BundleTaskError, match="object-detection"):
+        evaluate_detection_bundle(int8_bundle, tmp_path)
+
+
+@pytest.mark.slow
+def test_bench_measures_raw_and_daemon_paths(
+    bundles: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = run_detection_bench(bundles / "shapes-int8.ewm", threads=2, frames=40)
+    assert result.frames == 40
+    assert 0 < result.raw_invoke_ms_p50 <= result.raw_invoke_ms_p99
+    assert result.path_ms_p50 > 0 and result.region_ms_p50 > 0
+    assert result.naive_fps > 0 and result.daemon_fps > 0
+    assert result.objects_per_frame >= 0
+    code = main(["bench", str(bundles / "shapes-int8.ewm"), "--frames", "20", "--json"])
+    assert code == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["quantization"] == "int8" and document["frames"] == 20
