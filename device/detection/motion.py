@@ -210,7 +210,7 @@ class MotionDetector:
     def _prepare(self, image: UInt8Image) -> FloatImage:
         small: Any = image
         if (image.shape[1], image.shape[0]) != self._size:
-            small = cv2.resize(image, self._size, interpolation=cv2.INTER_LINEAR)
+            small = cv2.resize(image, self._size, interpolation=cv2.INTER_NEAREST)
         if small.ndim == 3:
             small = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
         blurred = cv2.GaussianBlur(small, self._blur, 0)
@@ -237,16 +237,16 @@ class MotionDetector:
         return ratio
 
     def _track_steady(self, grey: FloatImage) -> UInt8Image:
-        """Per pixel, how many frames in a row it has stayed (within half the
-        threshold) what it was in the previous frame."""
+        """Per pixel, how many frames in a row (saturating at 255) it has stayed within
+        half the threshold of what it was in the previous frame."""
         previous, steady = self._previous, self._steady
         self._previous = grey
         if previous is None or steady is None or previous.shape != grey.shape:
             self._steady = np.zeros(grey.shape, dtype=np.uint8)
             return self._steady
-        still = cv2.absdiff(grey, previous) <= self.config.threshold / 2.0
-        np.add(steady, 1, out=steady, where=np.logical_and(still, steady < 255))
-        steady[~still] = 0
+        still = (cv2.absdiff(grey, previous) <= self.config.threshold / 2.0).view(np.uint8)
+        cv2.add(steady, still, dst=steady)  # uint8: saturates at 255
+        np.multiply(steady, still, out=steady)  # a pixel that changed starts again at 0
         return steady
 
     def _learn(

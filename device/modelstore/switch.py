@@ -75,10 +75,10 @@ class HealthReport:
 class SwitchablePreprocess:
     """The capture thread's preprocessing, retargeted to the new model at a switch."""
 
-    def __init__(self, function: Callable[[UInt8Image], UInt8Image]) -> None:
+    def __init__(self, function: Callable[[UInt8Image], UInt8Image | None]) -> None:
         self.function = function
 
-    def __call__(self, image: UInt8Image) -> UInt8Image:
+    def __call__(self, image: UInt8Image) -> UInt8Image | None:
         return self.function(image)
 
 

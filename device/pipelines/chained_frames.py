@@ -102,10 +102,10 @@ class ChainedPipeline:
     def detach_events(self) -> None:
         self.tracker = ObjectTracker(self.config.tracker, clock=self._clock)
 
-    def preprocess(self, frame_bgr: AnyArray) -> AnyArray:
+    def preprocess(self, frame_bgr: AnyArray) -> None:
         """Crops are cut on the inference thread; the capture thread prepares the
         input pipeline's tensor, never this one's (it always runs after its input)."""
-        return frame_bgr
+        del frame_bgr
 
     def process_objects(self, frame: Frame, found: FrameObjects | None) -> list[Transition]:
         """Classify the crops of what the input pipeline found in ``frame``."""

@@ -206,9 +206,12 @@ class DetectionPipeline:
 
     # -- per frame ------------------------------------------------------------------------
 
-    def preprocess(self, frame_bgr: UInt8Image) -> AnyArray:
-        """The whole frame as the model's input tensor; meant for the capture thread
-        (used when the gate asks for the whole frame)."""
+    def preprocess(self, frame_bgr: UInt8Image) -> AnyArray | None:
+        """The whole frame as the model's input tensor, on the capture thread; None with
+        motion gating on: most frames then never reach the model (and the rest are
+        often a region of the frame), so the input is made when the gate says so."""
+        if self.config.motion.enabled:
+            return None
         return self.detector.preprocess(frame_bgr)
 
     def infer(self, frame: Frame, region: NormBox | None = None) -> DetectionFrameResult:

@@ -50,7 +50,9 @@ log = logging.getLogger(__name__)
 
 UInt8Image = np.ndarray[Any, np.dtype[np.uint8]]
 SourceStatus = Literal["starting", "running", "reconnecting", "stopped", "failed"]
-Preprocess = Callable[[UInt8Image], UInt8Image]
+#: The model's preprocessing run on the capture thread; None when the pipeline makes
+#: its input on demand (a motion-gated detector skips most frames).
+Preprocess = Callable[[UInt8Image], UInt8Image | None]
 
 #: Used when a file does not state a usable frame rate.
 FALLBACK_FILE_FPS = 30.0
