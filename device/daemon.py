@@ -57,6 +57,7 @@ from device.mqtt.payloads import (
 from device.mqtt.publisher import MqttPublisher
 from device.mqtt.topics import Topics
 from device.outbox import OUTBOX_FILE, Outbox
+from device.pipelines.chained_frames import ChainedPipeline
 from device.pipelines.classification import ClassificationPipeline
 from device.pipelines.detection import DetectionPipeline
 from device.pipelines.keyword_runner import KeywordRunner, build_keyword_runner
@@ -524,10 +525,13 @@ class Daemon:
                 if isinstance(loaded.pipeline, DetectionPipeline)
                 else 0
             )
+            inferences = max(0, self.switcher.inferences(index) - gated)
+            if isinstance(loaded.pipeline, ChainedPipeline):
+                inferences = loaded.pipeline.stats().inferences  # frames with crops
             pipelines.append(
                 PipelineStats(
                     name=loaded.name,
-                    inferences=max(0, self.switcher.inferences(index) - gated),
+                    inferences=inferences,
                     inference_ms_p50=round(latency.p50_ms, 3),
                     inference_ms_p99=round(latency.p99_ms, 3),
                     events=self._event_counts[loaded.name],

@@ -137,10 +137,17 @@ def test_evaluate_json_through_the_cli(
     assert 0.0 <= document["accuracy"] <= 1.0
 
 
-def test_untrained_task_says_what_is_available(tmp_path: Path) -> None:
-    result = run_cli("train", "object-detection", str(tmp_path), "--out", str(tmp_path / "o"))
+def test_an_unknown_task_lists_the_tasks(tmp_path: Path) -> None:
+    result = run_cli("train", "pose-estimation", str(tmp_path), "--out", str(tmp_path / "o"))
     assert result.returncode == 2
-    assert "supported: image-classification" in result.stderr
+    assert "invalid choice: 'pose-estimation'" in result.stderr
+    assert "object-detection" in result.stderr and "audio-classification" in result.stderr
+
+
+def test_a_detection_folder_without_images_says_what_it_needs(tmp_path: Path) -> None:
+    result = run_cli("train", "object-detection", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert result.returncode != 0
+    assert "has no images/" in result.stderr and "boxes.csv" in result.stderr
 
 
 def test_convert_all_levels_writes_bundles_and_a_parity_table(
