@@ -137,10 +137,10 @@ def test_evaluate_json_through_the_cli(
     assert 0.0 <= document["accuracy"] <= 1.0
 
 
-def test_untrained_task_says_what_is_available(tmp_path: Path) -> None:
+def test_detection_training_on_a_plain_folder_says_what_it_needs(tmp_path: Path) -> None:
     result = run_cli("train", "object-detection", str(tmp_path), "--out", str(tmp_path / "o"))
     assert result.returncode == 2
-    assert "supported: image-classification" in result.stderr
+    assert "an object-detection folder holds images/" in result.stderr
 
 
 def test_convert_all_levels_writes_bundles_and_a_parity_table(
