@@ -245,8 +245,13 @@ def threshold_sweep(
     return tuple(points)
 
 
-def best_threshold(points: Sequence[SweepPoint]) -> SweepPoint:
-    """The highest F1; among equal F1s the middle threshold, away from both cliffs."""
+def best_threshold(
+    points: Sequence[SweepPoint], tolerance: float = 0.0, prefer: float = 0.5
+) -> SweepPoint:
+    """The threshold to use: among the points within ``tolerance`` of the highest F1,
+    the one nearest ``prefer`` (the higher on a tie). With a small validation set, F1
+    moves by a whole object's worth between thresholds; a tolerance of about one
+    object keeps the threshold from wandering toward an extreme on such noise."""
     top = max(point.f1 for point in points)
-    tied = [point for point in points if point.f1 >= top - 1e-9]
-    return tied[len(tied) // 2]
+    near = [point for point in points if point.f1 >= top - tolerance - 1e-9]
+    return min(near, key=lambda point: (round(abs(point.threshold - prefer), 6), -point.threshold))

@@ -114,6 +114,8 @@ EDGETPU_OP_CAVEATS: Mapping[str, str] = {
     "RESHAPE": "very large reshapes may be left on the CPU",
     "RESIZE_BILINEAR": "3-D input/output; may be left on the CPU to preserve precision",
     "RESIZE_NEAREST_NEIGHBOR": "3-D input/output; may be left on the CPU to preserve precision",
+    "SOFTMAX": "1-D input only (at most 16,000 elements): a per-cell softmax over a 4-D "
+    "grid is left on the CPU, which is why detectors apply it on the device instead",
     "SPLIT": "not along the batch dimension",
     "SUM": "not over the batch dimension",
     "TRANSPOSE": "not along the batch dimension",

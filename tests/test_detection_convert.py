@@ -68,7 +68,7 @@ def test_every_level_is_a_valid_detection_bundle(
         assert manifest.decoding == info.decoding
         assert manifest.labels == info.labels
         assert manifest.thresholds.default == info.default_threshold
-        assert manifest.outputs[0].shape == (1, 8, 8, 4)
+        assert manifest.outputs[0].shape == (1, 8, 8, 3)
         integer = level in ("int8", "edgetpu")
         assert manifest.inputs[0].dtype == ("int8" if integer else "float32")
         if integer:
@@ -173,13 +173,13 @@ def test_thresholds_follow_the_precedence_and_refuse_unknown_labels(
     bundle = read_bundle(bundles / "shapes-int8.ewm")
     default = bundle.manifest.thresholds.default
     detector = Detector.load(bundle, threads=1, thresholds={"circle": 0.9}, threshold=0.3)
-    assert detector.thresholds == {"circle": 0.9, "square": 0.3, "triangle": 0.3}
+    assert detector.thresholds == {"circle": 0.9, "triangle": 0.3}
     detector.set_thresholds({})
     assert set(detector.thresholds.values()) == {default}
     detector.set_thresholds({}, default=1.0)
     frames = [frame for frame, objects in unseen[:15]]
     assert all(all(o.score >= 1.0 for o in detector.detect(frame).objects) for frame in frames)
-    with pytest.raises(ConfigError, match="detects only circle, square, triangle"):
+    with pytest.raises(ConfigError, match="detects only circle, triangle"):
         detector.set_thresholds({"background": 0.5})
     with pytest.raises(ConfigError, match=r"must be in \[0, 1\]"):
         detector.set_thresholds({"circle": 1.5})

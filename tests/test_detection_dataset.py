@@ -351,3 +351,13 @@ def test_a_subset_folder_holds_the_chosen_images_and_their_rows(good: Path, tmp_
         [b.box for b in folder.images[0].boxes]
     )
     assert subset.negatives == 1
+
+
+def test_grey_pictures_keep_their_single_channel() -> None:
+    grey = np.full((60, 80, 1), 40, dtype=np.uint8)
+    grey[10:30, 20:50] = 250
+    box = NormBox(20 / 80, 10 / 60, 50 / 80, 30 / 60)
+    rng = np.random.default_rng(0)
+    samples = [BoxAugmentation().apply(grey, [(1, box)], (48, 40), rng) for _ in range(4)]
+    assert all(s.image.shape == (40, 48, 1) for s in samples)
+    assert mosaic(samples).image.shape == (40, 48, 1)

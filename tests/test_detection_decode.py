@@ -302,10 +302,13 @@ def test_sweep_recall_falls_as_the_threshold_rises() -> None:
     assert [p.recall for p in sweep] == [1.0, 0.5, 0.0]
 
 
-def test_best_threshold_takes_the_middle_of_a_plateau() -> None:
-    points = [SweepPoint(t, 1.0, 1.0, f1) for t, f1 in ((0.3, 0.5), (0.4, 0.9), (0.5, 0.9),
-                                                        (0.6, 0.9), (0.7, 0.4))]  # fmt: skip
-    assert best_threshold(points).threshold == 0.5
+def test_best_threshold_stays_near_the_middle_unless_clearly_worse() -> None:
+    sweep = ((0.25, 0.93), (0.3, 0.9), (0.4, 0.9), (0.5, 0.89), (0.6, 0.9), (0.7, 0.4))
+    points = [SweepPoint(t, 1.0, 1.0, f1) for t, f1 in sweep]
+    assert best_threshold(points).threshold == 0.25
+    assert best_threshold(points, tolerance=0.05).threshold == 0.5
+    assert best_threshold(points, tolerance=0.035).threshold == 0.6
+    assert best_threshold(points, tolerance=0.05, prefer=0.35).threshold == 0.4
 
 
 # -- the manifest ---------------------------------------------------------------------------

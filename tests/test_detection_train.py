@@ -1,7 +1,7 @@
 """Training a detector on generated scenes; its int8 bundle finds shapes it never saw.
 
 One tiny FOMO-style model (64x64 input, 8x8 grid, trained for seconds on two cores)
-is trained on generated scenes of circles, squares and triangles, converted to a
+is trained on generated scenes of circles and triangles, converted to a
 full-int8 bundle and evaluated through the device's Detector on scenes generated with
 other seeds. Its F1 must be far above what guessing achieves on the same scenes.
 """
@@ -111,9 +111,9 @@ def test_int8_bundle_finds_shapes_it_never_saw(
     chance = guessing_f1(detector.unseen_dir)
     summary = evaluation.render_text()
     assert evaluation.metrics.images == 60
-    assert evaluation.f1 >= 0.6, summary
-    assert evaluation.f1 >= chance + 0.4, (chance, summary)
-    assert evaluation.metrics.precision >= 0.5 and evaluation.metrics.recall >= 0.5, summary
+    assert evaluation.f1 >= 0.7, summary
+    assert evaluation.f1 >= chance + 0.5, (chance, summary)
+    assert evaluation.metrics.precision >= 0.6 and evaluation.metrics.recall >= 0.6, summary
     for counts in evaluation.metrics.per_class:
         assert counts.support > 5 and counts.f1 > chance, summary
     assert evaluation.iou_metrics is None

@@ -49,9 +49,7 @@ def centre_guess(heldout: Path) -> tuple[float, float]:
     """(F1, strict F1) of one raccoon guessed in the middle of every picture."""
     folder = scan_box_folder(heldout)
     guess = DetectedObject("raccoon", 1.0, NormBox(0.45, 0.45, 0.55, 0.55))
-    pairs = [
-        ([guess], [TruthBox(b.label, b.box) for b in image.boxes]) for image in folder.images
-    ]
+    pairs = [([guess], [TruthBox(b.label, b.box) for b in image.boxes]) for image in folder.images]
     return (
         detection_metrics(pairs, ("raccoon",)).f1,
         detection_metrics(pairs, ("raccoon",), core=STRICT_CORE).f1,
@@ -95,7 +93,8 @@ def test_raccoon(tmp_path: Path) -> None:
             f"int8 bundle on {m.images} held-out images ({m.overall.support} raccoons): "
             f"precision {m.precision:.3f}, recall {m.recall:.3f}, F1 {m.f1:.3f}; "
             f"centroid in the middle half of the box: F1 {strict:.3f}",
-            f"guessing one raccoon at the centre: F1 {guess_f1:.3f}, middle half {guess_strict:.3f}",
+            f"guessing one raccoon at the centre: F1 {guess_f1:.3f}, "
+            f"middle half {guess_strict:.3f}",
             f"int8 invoke {evaluation.mean_invoke_ms:.2f} ms, whole detect "
             f"{evaluation.mean_detect_ms:.2f} ms (this machine); model "
             f"{bundle.parity.size_bytes / 1024:.0f} KiB",
