@@ -226,13 +226,15 @@ def test_microphone_to_detections_through_resampling(
     audio, placements = audio[: 13 * RATE], [p for p in placements if p.offset_s < 12.0]
     at_48k = resample_clip(audio, RATE, 48_000)
     device = FakeDevice("Mic", np.stack([at_48k, at_48k], axis=1), speed=20.0)
-    stream = AudioStream("room", AudioSourceConfig(device="Mic", channels=2, block_ms=20),
-                         RATE, portaudio=FakePortAudio([device]))  # fmt: skip
+    # A queue that holds the whole recording: the fake delivers 20x faster than real
+    # time, and this test is about resampling, not about a consumer that falls behind.
+    config = AudioSourceConfig(device="Mic", channels=2, block_ms=20, queue_chunks=10_000)
+    stream = AudioStream("room", config, RATE, portaudio=FakePortAudio([device]))
     pipeline = make_pipeline(bundle)
     detections: list[KeywordDetection] = []
     stream.start()
     try:
-        deadline = time.monotonic() + 20.0
+        deadline = time.monotonic() + 90.0
         while pipeline.stats().audio_s < audio.size / RATE and time.monotonic() < deadline:
             chunk = stream.get(timeout=0.2)
             if chunk is not None:

@@ -30,7 +30,7 @@ SCRIPT = (Appearance("circle", 1.0, 4.0), Appearance("square", 5.5, 8.5))
 EVENT_FIELDS = {
     "schema", "device", "source", "seq", "event_id", "type", "captured_at", "published_at",
     "latency_ms", "model", "task", "label", "score", "top_score", "duration_s", "box",
-    "pipeline", "log", "sensor", "audio",
+    "pipeline", "log", "sensor", "audio", "zones", "snapshot",
 }  # fmt: skip
 
 
