@@ -249,6 +249,7 @@ def _cmd_train_audio(args: argparse.Namespace) -> int:
         batch_size=args.batch_size or defaults.batch_size,
         features=args.features,
         width=args.width or defaults.width,
+        ensemble=args.ensemble or defaults.ensemble,
         synthetic_voices=args.synthetic_voices,
         keywords=tuple(k for k in args.keywords.split(",") if k) if args.keywords else None,
         version=args.model_version or timestamp_version(),
@@ -650,6 +651,11 @@ def build_parser() -> argparse.ArgumentParser:
     audio.add_argument(
         "--width", type=int, default=None, help="DS-CNN filters (default 128; 64: DS-CNN-S)"
     )
+    audio.add_argument(
+        "--ensemble", type=_positive_int, default=None, metavar="N",
+        help="DS-CNNs trained side by side and averaged inside the one model (default 3; "
+        "1: a single DS-CNN, a third of the compute)",
+    )  # fmt: skip
     audio.add_argument(
         "--synthetic-voices", type=int, default=0, metavar="N",
         help="add every keyword spoken by N espeak-ng voice settings (and as many other "

@@ -89,12 +89,14 @@ def audible(word: FloatArray, below_peak_db: float = 40.0) -> tuple[float, float
 
 
 def make_keyword_model_dir(tmp: Path) -> Path:
-    """Train the tiny keyword model (about 30 one-second epochs) into ``tmp/model``."""
+    """Train the tiny keyword model (about 30 one-second epochs) into ``tmp/model``: one
+    small DS-CNN, not the default ensemble, to keep test-time training short
+    (``tests/test_audio_train.py`` trains and converts an ensemble)."""
     from training.train_audio import AudioTrainOptions, train_audio_classifier
 
     data = make_keyword_folder(tmp / "data")
     options = AudioTrainOptions(
-        epochs=30, batch_size=32, width=48, blocks=2, learning_rate=5e-3, patience=50,
+        epochs=30, batch_size=32, width=48, blocks=2, ensemble=1, learning_rate=5e-3, patience=50,
         warmup_epochs=50, val_fraction=0.1, test_fraction=0.1, progress=False,
         name="espeak-keywords", version="1",
     )  # fmt: skip

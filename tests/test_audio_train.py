@@ -122,3 +122,48 @@ def test_cli_train_options_for_audio() -> None:
     args = parser.parse_args(["train", "audio-classification", "data", "--out", "m",
                               "--epochs", "7"])  # fmt: skip
     assert args.epochs == 7 and _given(args, "epochs")
+    assert args.ensemble is None  # AudioTrainOptions' default applies
+    args = parser.parse_args(["train", "audio-classification", "data", "--out", "m",
+                              "--ensemble", "1"])  # fmt: skip
+    assert args.ensemble == 1
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "audio-classification", "data", "--out", "m",
+                           "--ensemble", "0"])  # fmt: skip
+
+
+def test_ensemble_trains_branches_and_exports_their_average(tmp_path: Path) -> None:
+    """An ensemble is one Keras model whose output is the mean of its branches' softmax
+    outputs; the branches start from different weights, the history reports the
+    average's accuracy, and int8 conversion through the device runtime still works."""
+    import keras
+
+    from converters.convert import convert_model
+    from converters.edgetpu import edgetpu_report
+    from device.bundle.reader import read_bundle
+    from tests.helpers_audio import make_keyword_folder
+    from training.train_audio import AudioTrainOptions, train_audio_classifier
+
+    data = make_keyword_folder(tmp_path / "data")
+    options = AudioTrainOptions(
+        epochs=3, batch_size=32, width=16, blocks=1, ensemble=2, val_fraction=0.1,
+        test_fraction=0.1, progress=False, name="ensemble", version="1",
+    )  # fmt: skip
+    trained = train_audio_classifier(data, tmp_path / "model", options)
+    report = json.loads((trained.out_dir / "report" / "report.json").read_text())
+    assert len(report["history"]["val_accuracy"]) == trained.epochs_run
+    model = keras.models.load_model(trained.model_path)
+    heldout = read_feature_samples(trained.out_dir / "heldout.npz")
+    branches = keras.Model(
+        model.inputs, [model.get_layer(f"b{i}_scores").output for i in (1, 2)]
+    ).predict(heldout.x, verbose=0)
+    averaged = model.predict(heldout.x, verbose=0)
+    assert averaged.shape == (len(heldout), len(trained.labels))
+    np.testing.assert_allclose(averaged, (branches[0] + branches[1]) / 2, atol=1e-6)
+    assert not np.allclose(branches[0], branches[1], atol=1e-3)
+    assert read_info(trained.out_dir).provenance["architecture"].endswith("ensemble of 2")
+    converted = convert_model(trained.out_dir, "int8", tmp_path / "ensemble-int8.ewm")
+    bundle = read_bundle(converted.out)
+    assert bundle.manifest.labels == trained.labels
+    assert converted.parity.top1_agreement >= 0.9
+    ops = edgetpu_report(bundle.model_bytes, run_compiler=False)
+    assert ops.all_supported, [op.op_name for op in ops.unsupported]

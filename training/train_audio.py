@@ -15,7 +15,11 @@ What makes a small dataset go further:
 * class weights (inverse frequency), so ``_unknown_`` and ``_silence_`` count as much
   as each keyword whatever their share of the folder;
 * label smoothing, a cosine learning-rate decay, and early stopping on the validation
-  speakers' loss with the best weights restored.
+  speakers' loss with the best weights restored;
+* an ensemble of DS-CNNs averaged inside the one exported model
+  (``training.models.dscnn.build_dscnn_ensemble``): models that differ only in their
+  initial weights disagree on unseen voices, and their average is better calibrated
+  (lower validation log loss) than any of them.
 """
 
 from __future__ import annotations
@@ -97,6 +101,11 @@ class AudioTrainOptions:
     #: about 9 M multiply-adds a window (well inside the real-time budget).
     width: int = 128
     blocks: int = 4
+    #: DS-CNNs trained side by side (each on its own loss) and averaged inside the one
+    #: exported model; 1: a single DS-CNN. Three: on Speech Commands' validation
+    #: speakers 0.871 (log loss 0.517) against 0.864 (0.525) for one, for three times
+    #: the multiply-adds (still an RTF far below 0.02, docs/audio.md).
+    ensemble: int = 3
     dropout: float = 0.2
     learning_rate: float = 3e-3
     label_smoothing: float = 0.1
@@ -129,6 +138,7 @@ class AudioTrainOptions:
             (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}"),
             (self.patience >= 1, f"patience must be at least 1, got {self.patience}"),
+            (self.ensemble >= 1, f"ensemble must be at least 1, got {self.ensemble}"),
             (self.hop_ms > 0 and self.window_ms >= self.hop_ms,
              "window_ms must be at least hop_ms, both positive"),
             (self.clip_ms >= self.window_ms, "clip_ms must hold at least one window"),
@@ -213,9 +223,7 @@ def _silence_clips(
                 noise = np.tile(noise, length // noise.shape[0] + 1)
             start = int(rng.integers(0, noise.shape[0] - length + 1))
             clips[i] = noise[start : start + length] * 10.0 ** (rng.uniform(-40.0, 0.0) / 20.0)
-    return LoadedClips(
-        x=clips, y=np.full(count, label, dtype=np.int64), files=(), skipped=()
-    )
+    return LoadedClips(x=clips, y=np.full(count, label, dtype=np.int64), files=(), skipped=())
 
 
 def load_audio_dataset(data_dir: Path, options: AudioTrainOptions) -> AudioDataset:
@@ -394,27 +402,34 @@ def _fit(
     options: AudioTrainOptions,
     name: str,
 ) -> tuple[Any, dict[str, list[float]]]:
-    from training.models.dscnn import DsCnnSpec, build_dscnn
+    """Train; returns the model to save (an ensemble's averaging view) and the history."""
+    from training.models.dscnn import DsCnnSpec, build_dscnn, build_dscnn_ensemble
     from training.train_image import _progress_callback
 
     spec = extractor.spec
     classes = len(dataset.labels)
-    model = build_dscnn(
-        DsCnnSpec(
-            num_classes=classes, frames=spec.frames, coefficients=spec.coefficients,
-            width=options.width, blocks=options.blocks, dropout=options.dropout,
-        ),
-        name=_NAME_CHARS.sub("_", name),
+    architecture = DsCnnSpec(
+        num_classes=classes, frames=spec.frames, coefficients=spec.coefficients,
+        width=options.width, blocks=options.blocks, dropout=options.dropout,
     )  # fmt: skip
+    branches = options.ensemble
+    if branches > 1:
+        ensemble = build_dscnn_ensemble(architecture, branches, name=_NAME_CHARS.sub("_", name))
+        trained, model = ensemble.training, ensemble.inference
+        metric: Any = _ensemble_accuracy(keras)
+    else:
+        model = trained = build_dscnn(architecture, name=_NAME_CHARS.sub("_", name))
+        metric = "accuracy"
     batch = min(options.batch_size, len(dataset.train))
     steps = math.ceil(len(dataset.train) / batch)
     schedule = keras.optimizers.schedules.CosineDecay(
         options.learning_rate, decay_steps=options.epochs * steps, alpha=0.02
     )
-    model.compile(
+    trained.compile(
         optimizer=keras.optimizers.Adam(learning_rate=schedule),
+        # Over an ensemble's stacked outputs: the mean of the branches' own losses.
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=options.label_smoothing),
-        metrics=["accuracy"],
+        metrics=[metric],
     )
     weights = class_weight_table(dataset.train.y, classes) if options.class_weights else None
     has_val = len(dataset.val) > 0
@@ -429,18 +444,20 @@ def _fit(
     validation = None
     if has_val:
         eye = np.eye(classes, dtype=np.float32)
-        validation = (model_inputs(extractor, dataset.val.x), eye[dataset.val.y])
+        validation = (model_inputs(extractor, dataset.val.x),
+                      _per_branch(eye[dataset.val.y], branches))  # fmt: skip
     log.info(
         "training %s on %d clips of %d speakers (%d validation, %d test clips), %d classes, "
-        "%d steps/epoch", name, len(dataset.train), dataset.speakers["train"],
-        len(dataset.val), len(dataset.test), classes, steps,
+        "%d steps/epoch, %d DS-CNN branch(es)", name, len(dataset.train),
+        dataset.speakers["train"], len(dataset.val), len(dataset.test), classes, steps, branches,
     )  # fmt: skip
-    fitted = model.fit(
-        training_batches(
-            dataset, extractor, batch_size=batch, seed=options.seed,
-            augmentation=options.augmentation, weights=weights, classes=classes,
-            mixup=options.mixup,
-        ),
+    batches = training_batches(
+        dataset, extractor, batch_size=batch, seed=options.seed,
+        augmentation=options.augmentation, weights=weights, classes=classes,
+        mixup=options.mixup,
+    )  # fmt: skip
+    fitted = trained.fit(
+        ((x, _per_branch(y, branches), _per_branch(w, branches)) for x, y, w in batches),
         steps_per_epoch=steps,
         epochs=options.epochs,
         validation_data=validation,
@@ -450,6 +467,35 @@ def _fit(
     )  # fmt: skip
     history = {k: [float(v) for v in vs] for k, vs in fitted.history.items()}
     return model, history
+
+
+def _per_branch(values: FloatArray, branches: int) -> FloatArray:
+    """Targets or sample weights repeated for each branch of an ensemble (axis 1).
+
+    The loss over the stacked outputs is then the mean of the branches' own losses, so
+    each branch is trained on its own (the branches share no weights), while the weight
+    decay of every branch is added in full: relative to its data term a branch's weight
+    decay is ``branches`` times a single model's. Measured on Speech Commands'
+    validation speakers (docs/audio.md), that was better than the sum of the losses
+    (exactly independent training): 0.871 against 0.845.
+    """
+    if branches == 1:
+        return values
+    repeated: FloatArray = np.repeat(values[:, np.newaxis], branches, axis=1)
+    return repeated
+
+
+def _ensemble_accuracy(keras: Any) -> Any:
+    """Accuracy of the branches' average (what the saved model outputs), reported as
+    ``accuracy``/``val_accuracy`` like a single model's."""
+    ops = keras.ops
+
+    def accuracy(y_true: Any, y_pred: Any) -> Any:
+        averaged = ops.mean(y_pred, axis=1)
+        hits = ops.equal(ops.argmax(averaged, axis=-1), ops.argmax(y_true[:, 0], axis=-1))
+        return ops.cast(hits, "float32")
+
+    return accuracy
 
 
 def _predict(model: Any, x: FloatArray) -> IntArray:
@@ -495,7 +541,8 @@ def _write_outputs(
         "epochs_requested": str(options.epochs),
         "epochs_run": str(epochs_run),
         "seed": str(options.seed),
-        "architecture": f"ds-cnn width {options.width} blocks {options.blocks}",
+        "architecture": f"ds-cnn width {options.width} blocks {options.blocks}"
+        + (f", ensemble of {options.ensemble}" if options.ensemble > 1 else ""),
         "features": f"{spec.features} {spec.coefficients}x{spec.frames}",
         "tensorflow": device.tensorflow_version,
         "keras": device.keras_version,
