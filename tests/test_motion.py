@@ -235,6 +235,55 @@ def test_gate_policy_tracking_keepalive_and_off(static: Scene, moving: Scene) ->
     assert (stats.inferred, stats.ungated, stats.gated, stats.motion_us) == (10, 10, 0, 0.0)
 
 
+def test_idle_rate_checks_few_frames_while_still_and_every_frame_once_something_moves(
+    moving: Scene,
+) -> None:
+    rate = 2.5  # checks a second while idle, at 10 fps: one frame in four
+    gate = MotionGate(MotionSection(keepalive_s=100.0, idle_fps=rate))
+    decisions = [gate.decide(f, moving.at(i), idle=True) for i, f in enumerate(moving.frames)]
+    checked = [i for i, d in enumerate(decisions) if d.motion is not None]
+    shown = visible(moving)
+    # Before the square appears only the idle rate's checks (and the first frame).
+    assert len([i for i in checked if i < shown[0]]) <= shown[0] / FPS * rate + 1
+    # Motion is noticed within 1/idle_fps of the square's arrival, and from then on every
+    # frame is checked while it moves.
+    first = next(i for i, d in enumerate(decisions) if d.motion is not None and d.motion.moving)
+    assert 0 <= first - shown[0] <= FPS / rate
+    assert all(decisions[i].motion is not None for i in range(first, shown[-1] + 1))
+    # Unchecked frames never run the model here (keep-alive aside, not due in this scene).
+    unchecked = [d for d in decisions if d.motion is None]
+    assert unchecked and not any(d.run for d in unchecked)
+    assert gate.stats().unchecked == len(unchecked)
+    assert gate.detector.frames == len(checked)
+
+    # Something followed (idle=False), or idle_fps = 0: every frame is checked.
+    cases = ((True, MotionSection(idle_fps=rate)), (False, MotionSection(idle_fps=0)))
+    for followed, config in cases:
+        every = MotionGate(config)
+        for index, frame in enumerate(moving.frames[:30]):
+            every.decide(frame, moving.at(index), idle=not followed)
+        assert every.detector.frames == 30 and every.stats().unchecked == 0
+
+
+def test_idle_rate_keeps_the_keepalive_and_the_backgrounds_pace(static: Scene) -> None:
+    gate = MotionGate(MotionSection(keepalive_s=1.0, idle_fps=1.0))
+    decisions = [gate.decide(f, static.at(i), idle=True) for i, f in enumerate(static.frames)]
+    keepalives = [i for i, d in enumerate(decisions) if d.reason == "keepalive"]
+    # Every 1.0 s, whether or not that frame's motion was checked.
+    assert keepalives == list(range(0, len(static.frames), 10))
+    # A look standing for n frames teaches the background what n looks would have: one
+    # look at a frame with frames=2 equals two looks at it.
+    once, twice = MotionDetector(MotionSection()), MotionDetector(MotionSection())
+    brighter = np.clip(static.frames[1].astype(np.int16) + 6, 0, 255).astype(np.uint8)
+    for detector in (once, twice):
+        detector.detect(static.frames[0])
+    once.detect(brighter, frames=2)
+    twice.detect(brighter)
+    twice.detect(brighter)
+    assert once._background is not None and twice._background is not None
+    assert np.allclose(once._background, twice._background, atol=1e-3)
+
+
 def test_the_frame_size_may_change_midway(static: Scene) -> None:
     detector = MotionDetector(MotionSection())
     for frame in static.frames[:5]:

@@ -169,12 +169,14 @@ def test_frames_the_model_skipped_do_not_end_an_event() -> None:
     for index in range(10):
         out += tracker.observe([car], at(index), frame_index=index).transitions
     assert [t.type for t in out] == ["start"]
-    assert not tracker.needs_look
+    assert not tracker.needs_look(at(10))
     for index in range(10, 110):  # 10 s without a look: gated frames
         tracker.skip(at(index))
     step = tracker.observe([], at(110), frame_index=110)  # one look misses it
     assert step.transitions == () and tracker.open_events
-    assert tracker.needs_look  # the gate must keep looking until it is found or ended
+    # The gate must look again until it is found or ended: not every frame, but once
+    # recheck_interval_s (0.5 s) has passed since the last look.
+    assert not tracker.needs_look(at(111)) and tracker.needs_look(at(115))
     for index in range(111, 115):
         assert tracker.observe([], at(index), frame_index=index).transitions == ()
     for index in range(115, 200):  # gated again, mid-absence: the clock stops
@@ -187,7 +189,57 @@ def test_frames_the_model_skipped_do_not_end_an_event() -> None:
     assert [(i, t.type) for i, t in ends] == [(204, "end")]
     end = ends[0][1]
     assert end.duration_s == pytest.approx(at(9) - at(0))
-    assert not tracker.open_events and not tracker.needs_look
+    assert not tracker.open_events and not tracker.needs_look(at(221))
+
+
+def _gated_run(
+    tracker: ObjectTracker, sightings: dict[int, bool], frames: range, *, unchanged: bool
+) -> tuple[list[int], list[tuple[int, str]]]:
+    """Drive ``tracker`` as the motion gate does on a still scene: look when it asks,
+    skip otherwise. Returns the frames looked at and the transitions (frame, type)."""
+    car = DetectedObject("car", 0.9, NormBox(0.1, 0.1, 0.3, 0.3))
+    looks: list[int] = []
+    out: list[tuple[int, str]] = []
+    for index in frames:
+        if not tracker.needs_look(at(index)):
+            tracker.skip(at(index), unchanged=unchanged)
+            continue
+        looks.append(index)
+        seen = [car] if sightings.get(index, False) else []
+        step = tracker.observe(seen, at(index), frame_index=index)
+        out += [(index, t.type) for t in step.transitions]
+    return looks, out
+
+
+def test_a_missing_object_is_rechecked_at_intervals_and_ends_on_time() -> None:
+    config = TrackerSection(min_frames=1, end_after_s=1.0, recheck_interval_s=0.5)
+    tracker = ObjectTracker(config)
+    car = DetectedObject("car", 0.9, NormBox(0.1, 0.1, 0.3, 0.3))
+    for index in range(5):
+        tracker.observe([car], at(index), frame_index=index)
+    assert tracker.observe([], at(5), frame_index=5).transitions == ()  # missed once
+    looks, out = _gated_run(tracker, {}, range(6, 40), unchanged=True)
+    # Rechecks 0.5 s after the miss, then the look that completes the 1.0 s of absence
+    # since frame 4 (the unchanged frames between count): not a look on every frame.
+    assert looks == [10, 14]
+    assert out == [(14, "end")] and not tracker.open_events
+
+    # Found again at a recheck: the event goes on, and nothing more is asked for.
+    tracker = ObjectTracker(config)
+    for index in range(5):
+        tracker.observe([car], at(index), frame_index=index)
+    tracker.observe([], at(5), frame_index=5)
+    looks, out = _gated_run(tracker, {10: True}, range(6, 40), unchanged=True)
+    assert looks == [10] and out == [] and tracker.open_events
+
+    # Skipped frames that the gate did not call unchanged are no evidence: looks alone
+    # make the absence, so the rechecks go on past the 1.0 s.
+    tracker = ObjectTracker(config)
+    for index in range(5):
+        tracker.observe([car], at(index), frame_index=index)
+    tracker.observe([], at(5), frame_index=5)
+    looks, out = _gated_run(tracker, {}, range(6, 40), unchanged=False)
+    assert looks == [10, 15, 20, 25, 30, 35] and out == [] and tracker.open_events
 
 
 def test_objects_outside_the_region_looked_at_are_not_missed() -> None:
@@ -274,7 +326,7 @@ def test_flush_ends_open_events_and_drops_pending_ones() -> None:
     b = DetectedObject("cat", 0.9, NormBox(0.7, 0.7, 0.9, 0.9))
     tracker.observe([a], at(0), frame_index=0)
     tracker.observe([a, b], at(1), frame_index=1)  # a starts; b is pending
-    assert tracker.needs_look  # b awaits confirmation
+    assert tracker.needs_look(at(2))  # b awaits confirmation
     step = tracker.flush()
     assert [(t.type, t.captured_at) for t in step.transitions] == [("end", 5000.0)]
     assert len(step.closed) == 2 and tracker.tracked == 0
@@ -313,9 +365,10 @@ def test_with_the_gate_a_crossing_is_one_event_and_few_model_runs(
     tracker = ObjectTracker(TrackerSection(min_frames=2, end_after_s=1.0))
     out: list[ObjectTransition] = []
     for index, frame in enumerate(scene.frames):
-        decision = gate.decide(frame, scene.at(index), tracking=tracker.needs_look)
+        tracking = tracker.needs_look(scene.at(index))
+        decision = gate.decide(frame, scene.at(index), tracking=tracking)
         if not decision.run:
-            tracker.skip(scene.at(index))
+            tracker.skip(scene.at(index), unchanged=True)
             continue
         truth = scene.box(index)
         region = decision.region
@@ -330,6 +383,7 @@ def test_with_the_gate_a_crossing_is_one_event_and_few_model_runs(
     # The model ran while the circle moved, for the end's confirmation, and for
     # keep-alives: well under half of the 140 frames.
     assert stats.inferred < len(scene.frames) / 2
-    assert stats.motion >= shown and stats.keepalive >= 2 and stats.tracking >= 5
+    # The end is confirmed by a look every recheck_interval_s, not on every frame.
+    assert stats.motion >= shown and stats.keepalive >= 2 and 1 <= stats.tracking <= 4
     end = out[-1]
     assert end.captured_at - (end.started_at + end.duration_s) >= 1.0 - 1e-9

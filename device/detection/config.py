@@ -92,6 +92,11 @@ class MotionSection(_Section):
     #: Seconds after the model last ran when it runs again anyway, on the whole frame,
     #: so objects that stopped moving are still seen; 0: never for this reason.
     keepalive_s: float = Field(10.0, ge=0.0)
+    #: While nothing moves and no object is followed, motion is checked at most this
+    #: many times a second (frames between are skipped unchecked); every frame again as
+    #: soon as something moves. Bounds the idle cost of a 15 or 30 fps camera, at the
+    #: price of noticing motion up to 1/idle_fps s later. 0: check every frame.
+    idle_fps: float = Field(5.0, ge=0.0)
     #: The region given to the model grows by this fraction of its size on each side:
     #: motion covers what changed, the object usually extends a little beyond it.
     region_margin: float = Field(0.25, ge=0.0, le=2.0)
@@ -111,6 +116,11 @@ class TrackerSection(_Section):
     #: Seconds an object must go unseen, counted only over frames the model looked at,
     #: before its event ends.
     end_after_s: float = Field(2.0, ge=0.0)
+    #: With motion gating, while an event's object is missing and nothing moves, the
+    #: model looks again this often rather than on every frame (the unchanged frames
+    #: between count towards ``end_after_s``: they would show it the same picture).
+    #: 0: every frame.
+    recheck_interval_s: float = Field(0.5, ge=0.0)
     #: At most one update this often while an object is in view (0: no timed updates;
     #: entering a zone still sends one).
     update_interval_s: float = Field(5.0, ge=0.0)

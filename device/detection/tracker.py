@@ -23,6 +23,14 @@ frame before it. Every frame must therefore reach the tracker, through ``observe
 ``skip``. When the model looks at every frame this is exactly lifecycle's rule: the
 event ends on the first frame at least ``end_after_s`` after the object was last seen.
 
+One kind of skipped frame does count as absence: an *unchanged* one (the motion gate
+found nothing moving anywhere) while the object is *missing* (the last look at its place
+did not find it). Nothing has moved since that look, so the model would see the same
+picture and miss it again. This is what lets the gate look again only every
+``recheck_interval_s`` instead of on every frame while an event waits to end
+(:meth:`ObjectTracker.needs_look`), and still end it on time: it asks for the look that
+completes ``end_after_s``.
+
 **Association**, per label: each pair of a detection and a tracked object that overlap
 by ``match_iou`` or whose centres are within ``match_distance`` is a candidate; pairs
 are taken cheapest first (cost: 1 - IoU + centre distance), each detection and object
@@ -139,6 +147,7 @@ class _Track:
         "hits",
         "label",
         "last_emit_at",
+        "last_looked_at",
         "last_seen_at",
         "missed",
         "score",
@@ -166,6 +175,8 @@ class _Track:
         self.unlooked_s = 0.0
         #: A look since it was last seen did not find it.
         self.missed = False
+        #: When the model last looked at where it was (found or not).
+        self.last_looked_at = captured_at
         self.best = BestFrame(self.event_id, frame_index, captured_at, seen.score, seen.box)
 
 
@@ -199,20 +210,37 @@ class ObjectTracker:
         """Objects followed now, started or not."""
         return len(self._tracks)
 
-    @property
-    def needs_look(self) -> bool:
-        """Whether the model should look at the next frame even without motion: an
-        object awaits confirmation, or an event's object was missed at the last look (so
-        only further looks can end the event or find it again)."""
-        return any(t.state == "pending" or (t.state == "open" and t.missed) for t in self._tracks)
+    def needs_look(self, captured_at: float) -> bool:
+        """Whether the model should look at the frame captured at ``captured_at`` even
+        without motion: an object awaits confirmation (every frame: ``min_frames``
+        counts consecutive looks), or an event's object was missing at the last look and
+        ``recheck_interval_s`` has passed since, or this frame would complete its
+        ``end_after_s`` (only looks can end the event or find the object again)."""
+        config = self.config
+        for track in self._tracks:
+            if track.state == "pending":
+                return True
+            if track.state != "open" or not track.missed:
+                continue
+            if captured_at - track.last_looked_at >= config.recheck_interval_s:
+                return True
+            if captured_at - track.last_seen_at - track.unlooked_s >= config.end_after_s:
+                return True
+        return False
 
     # -- frames ---------------------------------------------------------------------------
 
-    def skip(self, captured_at: float) -> None:
-        """A frame the model did not look at: no evidence either way, only the time."""
+    def skip(self, captured_at: float, *, unchanged: bool = False) -> None:
+        """A frame the model did not look at: no evidence either way, only the time.
+
+        ``unchanged``: the motion gate found nothing moving in it, so for an object
+        missing at the last look the frame counts as another look that missed it (see
+        the module's notes); for every other object it is still no evidence.
+        """
         interval = self._interval(captured_at)
         for track in self._tracks:
-            track.unlooked_s += interval
+            if not (unchanged and track.missed):
+                track.unlooked_s += interval
 
     def observe(
         self,
@@ -244,6 +272,7 @@ class ObjectTracker:
             if not _covers(region, track.box):
                 track.unlooked_s += interval
                 continue
+            track.last_looked_at = captured_at
             if track.state == "pending":
                 self._close(track, out)
                 continue
@@ -329,6 +358,7 @@ class ObjectTracker:
         track.score = item.score
         track.top_score = max(track.top_score, item.score)
         track.last_seen_at = captured_at
+        track.last_looked_at = captured_at
         track.unlooked_s = 0.0
         track.missed = False
         track.zones = item.zones

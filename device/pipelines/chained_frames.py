@@ -110,7 +110,10 @@ class ChainedPipeline:
     def process_objects(self, frame: Frame, found: FrameObjects | None) -> list[Transition]:
         """Classify the crops of what the input pipeline found in ``frame``."""
         if found is None or found.frame_index != frame.index or found.objects is None:
-            self.tracker.skip(frame.timeline)  # the input did not look: neither did we
+            # The input did not look: neither do we (an unchanged frame is, for a
+            # missing crop, one more look that missed it, as for the input's tracker).
+            unchanged = found is not None and found.frame_index == frame.index and found.unchanged
+            self.tracker.skip(frame.timeline, unchanged=unchanged)
             return []
         start = time.perf_counter()
         results = self.classifier.classify(frame.image, [p.object for p in found.objects])

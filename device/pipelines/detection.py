@@ -76,6 +76,8 @@ class FrameObjects:
     #: None when the model did not look at this frame (motion gate).
     objects: tuple[PlacedObject, ...] | None
     region: NormBox | None = None
+    #: The model did not look because the gate found nothing moving in the frame.
+    unchanged: bool = False
 
 
 @dataclass(frozen=True)
@@ -244,11 +246,19 @@ class DetectionPipeline:
 
     def process(self, frame: Frame) -> list[Transition]:
         """Gate, infer when due, track; returns the event transitions to publish."""
-        decision = self.gate.decide(frame.image, frame.timeline, tracking=self.tracker.needs_look)
+        decision = self.gate.decide(
+            frame.image,
+            frame.timeline,
+            tracking=self.tracker.needs_look(frame.timeline),
+            idle=self.tracker.tracked == 0,
+        )
         if not decision.run:
-            self.tracker.skip(frame.timeline)
+            # A frame the gate checked and skipped is one where nothing moved; one it
+            # skipped unchecked (idle rate) says nothing.
+            unchanged = decision.motion is not None
+            self.tracker.skip(frame.timeline, unchanged=unchanged)
             self.last_result = None  # nothing new for the health watch to judge
-            self.last_objects = FrameObjects(frame.index, None)
+            self.last_objects = FrameObjects(frame.index, None, unchanged=unchanged)
             return []
         result = self.infer(frame, decision.region)
         self.last_objects = FrameObjects(frame.index, result.objects, result.region)

@@ -6,19 +6,26 @@ its 60 seconds. Ungated, the model's input is made for every frame (as the captu
 thread does) and the model runs on every frame; gated, the motion gate looks at every
 frame and the model runs only where and when it says. The CPU time of everything the
 pipeline does per frame (input, gate, invoke, decode, zones, tracker) is compared; the
-video's decoding, the same either way, is not counted.
+video's decoding, the same either way, is not counted. Each frame is decoded just
+before the pipeline gets it, as from a camera (a frame read back from a list of a
+minute's worth, long out of every cache, would make each pass over it a trip to main
+memory that the daemon never pays); the time counted is this thread's CPU time.
 
 Targets (issue 3): gated CPU at most 15 % of ungated, and no object missed that the
 ungated run found (every ungated event has a gated event of the same label overlapping
 it in time). Asserted: nothing missed, and the model ran on at most 15 % of the frames
-(what the gate decides). The CPU ratio is printed with its verdict: it also holds the
-gate's own cost per 640x480 frame (shrinking it is most of that), which on a two-core
-x86 box shared with other jobs is a large share of a 96x96 detector's whole path.
+(what the gate decides). The CPU ratio is printed with its verdict and where the gated
+time went: the model's runs alone are about a tenth of ungated here (the crossing's
+frames, each costing about what an ungated frame does, since the model runs after
+idle stretches with cold caches), so the motion checks and the bookkeeping must stay
+under the remaining few hundredths, which on a two-core x86 box shared with other
+jobs they do not quite.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +48,7 @@ FPS = 10.0
 DURATION_S = 60.0
 SHAPE = Appearance("circle", 30.0, 35.0)
 THREADS = 1
+ROUNDS = 3
 
 
 @pytest.fixture(scope="module")
@@ -62,25 +70,28 @@ def detector(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def still_scene(tmp_path_factory: pytest.TempPathFactory) -> list[Any]:
+def still_scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("gating-video") / "mostly-still.avi"
     write_shapes_video(path, seed=21, size=SIZE, fps=FPS, script=[SHAPE], duration_s=DURATION_S)
-    capture = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(frame)
-    capture.release()
-    assert len(frames) == round(DURATION_S * FPS)
-    return frames
+    return path
+
+
+def _frames(video: Path) -> Iterator[Any]:
+    capture = cv2.VideoCapture(str(video))
+    try:
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                return
+            yield frame
+    finally:
+        capture.release()
 
 
 def _run(
-    bundle_path: Path, frames: list[Any], gated: bool
-) -> tuple[float, list[Transition], DetectionPipeline]:
-    """CPU seconds of the pipeline's whole per-frame work, and the events it made."""
+    bundle_path: Path, video: Path, gated: bool
+) -> tuple[float, int, list[Transition], DetectionPipeline]:
+    """CPU seconds of the pipeline's whole per-frame work, frames, and the events made."""
     bundle = read_bundle(bundle_path)
     runtime = load_for_manifest(bundle.manifest, bundle.model_bytes, THREADS, "off")
     config = DetectionPipelineConfig.model_validate(
@@ -88,13 +99,17 @@ def _run(
     )
     pipeline = DetectionPipeline("bench", config, bundle, runtime)
     transitions: list[Transition] = []
-    started = time.process_time()
-    for index, image in enumerate(frames):
+    cpu = 0.0
+    frames = 0
+    for index, image in enumerate(_frames(video)):
         at = index / FPS
+        started = time.thread_time()
         tensor = pipeline.preprocess(image)  # the capture thread's share
         transitions += pipeline.process(Frame("cam", index, at, image, tensor, at))
-    transitions += pipeline.flush(len(frames) / FPS)
-    return time.process_time() - started, transitions, pipeline
+        cpu += time.thread_time() - started
+        frames += 1
+    transitions += pipeline.flush(frames / FPS)
+    return cpu, frames, transitions, pipeline
 
 
 def _spans(transitions: list[Transition]) -> list[tuple[str, float, float]]:
@@ -104,13 +119,19 @@ def _spans(transitions: list[Transition]) -> list[tuple[str, float, float]]:
     ]
 
 
-def test_motion_gating_saves_most_of_the_detectors_cpu(
-    detector: Path, still_scene: list[Any]
-) -> None:
+def test_motion_gating_saves_most_of_the_detectors_cpu(detector: Path, still_scene: Path) -> None:
     cv2.setNumThreads(1)  # as in the daemon
-    ungated_cpu, ungated_events, _ = _run(detector, still_scene, gated=False)
-    gated_cpu, gated_events, pipeline = _run(detector, still_scene, gated=True)
+    # Ungated and gated alternate, ROUNDS times each; each side's least CPU time is its
+    # cost (other jobs on a shared machine only ever add to it).
+    ungated_runs, gated_runs = [], []
+    for _ in range(ROUNDS):
+        ungated_runs.append(_run(detector, still_scene, gated=False))
+        gated_runs.append(_run(detector, still_scene, gated=True))
+    ungated_cpu, frames, ungated_events, _ = min(ungated_runs, key=lambda run: run[0])
+    gated_cpu, gated_frames, gated_events, pipeline = min(gated_runs, key=lambda run: run[0])
+    assert frames == gated_frames == round(DURATION_S * FPS)
     ratio = gated_cpu / ungated_cpu
+    rounds = [round(g[0] / u[0], 3) for u, g in zip(ungated_runs, gated_runs, strict=True)]
     ungated_spans, gated_spans = _spans(ungated_events), _spans(gated_events)
     missed = [
         span
@@ -118,23 +139,31 @@ def test_motion_gating_saves_most_of_the_detectors_cpu(
         if not any(g[0] == span[0] and g[1] <= span[2] and span[1] <= g[2] for g in gated_spans)
     ]
     gate = pipeline.gate.stats()
-    frames = len(still_scene)
+    checked = gate.frames - gate.unchecked
+    gate_s = gate.motion_us * checked / 1e6
+    model = pipeline.latency.summary()
+    model_s = model.mean_ms * model.count / 1000
     report(
-        "Detection with motion gating on a mostly still camera (CPU, one run)",
+        "Detection with motion gating on a mostly still camera (CPU, least of "
+        f"{ROUNDS} alternating runs each)",
         [
             f"scene: {frames} frames of {SIZE[0]}x{SIZE[1]} ({DURATION_S:.0f} s at "
             f"{FPS:.0f} fps), a {SHAPE.label} crossing from {SHAPE.start_s:.0f} to "
             f"{SHAPE.end_s:.0f} s; detector 96x96 int8, {THREADS} thread",
-            f"ungated: {ungated_cpu:.2f} s CPU ({ungated_cpu / frames * 1000:.2f} ms a frame), "
+            f"ungated: {ungated_cpu:.3f} s CPU ({ungated_cpu / frames * 1000:.2f} ms a frame), "
             f"events {[(s[0], round(s[1], 1), round(s[2], 1)) for s in ungated_spans]}",
-            f"gated: {gated_cpu:.2f} s CPU; model on {gate.inferred} frames (motion "
-            f"{gate.motion}, tracking {gate.tracking}, keep-alive {gate.keepalive}), "
-            f"{gate.gated} skipped; gate {gate.motion_us:.0f} us a frame; events "
+            f"gated: {gated_cpu:.3f} s CPU; model on {gate.inferred} frames (motion "
+            f"{gate.motion}, tracking {gate.tracking}, keep-alive {gate.keepalive}; "
+            f"{gate.whole_frame} whole, the rest a region), {gate.gated} skipped "
+            f"({gate.unchecked} unchecked at the idle rate); events "
             f"{[(s[0], round(s[1], 1), round(s[2], 1)) for s in gated_spans]}",
-            f"gated / ungated CPU: {ratio:.3f} (the gate alone: "
-            f"{gate.motion_us / 1000 / (ungated_cpu / frames):.3f} of the ungated path a "
-            f"frame; the model's runs: {gate.inferred / frames:.3f} of the frames); "
-            f"ungated events missed when gated: {missed}",
+            f"where the gated time went (wall clock): motion checks {checked} x "
+            f"{gate.motion_us:.0f} us = {gate_s:.3f} s, model runs {model.count} x "
+            f"{model.mean_ms:.2f} ms = {model_s:.3f} s, the rest (tracker, bookkeeping) "
+            f"about {max(0.0, gated_cpu - gate_s - model_s):.3f} s",
+            f"gated / ungated CPU: {ratio:.3f} (each round: {rounds}); the model's runs "
+            f"alone are {model_s / ungated_cpu:.3f} of ungated, the motion checks "
+            f"{gate_s / ungated_cpu:.3f}; ungated events missed when gated: {missed}",
         ],
         f"target (<= {TARGET_CPU_RATIO} of ungated, nothing missed): "
         f"{'met' if ratio <= TARGET_CPU_RATIO and not missed else 'NOT met'}",
