@@ -45,6 +45,7 @@ from device.modelstore.store import ModelStore
 from device.modelstore.switch import PipelineSwitcher, SwapTicket
 from device.mqtt.payloads import (
     Box,
+    CropCounts,
     DegradedPart,
     Event,
     PipelineStats,
@@ -526,8 +527,17 @@ class Daemon:
                 else 0
             )
             inferences = max(0, self.switcher.inferences(index) - gated)
+            crops: CropCounts | None = None
             if isinstance(loaded.pipeline, ChainedPipeline):
-                inferences = loaded.pipeline.stats().inferences  # frames with crops
+                chained = loaded.pipeline.stats()
+                inferences = chained.inferences  # frames with crops
+                crops = CropCounts(
+                    classified=chained.crops.classified,
+                    reported=chained.crops.reported,
+                    skipped_small=chained.crops.skipped_small,
+                    skipped_limit=chained.crops.skipped_limit,
+                    other_labels=chained.crops.other_labels,
+                )
             pipelines.append(
                 PipelineStats(
                     name=loaded.name,
@@ -536,6 +546,7 @@ class Daemon:
                     inference_ms_p99=round(latency.p99_ms, 3),
                     events=self._event_counts[loaded.name],
                     gated=gated,
+                    crops=crops,
                 )
             )
         sources += self.records.source_stats(self.source_enabled)

@@ -107,6 +107,11 @@ class StatsCollector:
             "Frames or audio windows not inferred: no motion, or silence.",
             per_pipeline,
         )
+        crops = counter(
+            "edgewatch_pipeline_crops",
+            "A chained pipeline's objects, by what became of them.",
+            (*per_pipeline, "outcome"),
+        )
         for pipeline in stats.pipelines:
             labels = [device, pipeline.name]
             inferences.add_metric(labels, pipeline.inferences)
@@ -114,7 +119,12 @@ class StatsCollector:
             latency.add_metric([*labels, "0.5"], pipeline.inference_ms_p50 / 1000.0)
             latency.add_metric([*labels, "0.99"], pipeline.inference_ms_p99 / 1000.0)
             events.add_metric(labels, pipeline.events)
+            if pipeline.crops is not None:
+                for outcome, count in pipeline.crops.model_dump().items():
+                    crops.add_metric([*labels, outcome], count)
         families += [inferences, latency, events, gated]
+        if crops.samples:  # only where a chained pipeline runs
+            families.append(crops)
         yield from families
 
 

@@ -173,7 +173,9 @@ square = true
 min_size = 8
 threshold = 0.4
 """
-    _, probe = _run(_config(tmp_path, mosquitto.port, video, detector_bundle, chained), mosquitto)
+    daemon, probe = _run(
+        _config(tmp_path, mosquitto.port, video, detector_bundle, chained), mosquitto
+    )
     named = [e for e in _events(probe, "what") if e.type != "update"]
     seen = [(e.type, e.label, e.score, e.duration_s) for e in named]
     # Every "what" event is the second model's verdict on a detected box's crop, with
@@ -189,3 +191,9 @@ threshold = 0.4
     assert all(e.box is not None and e.task == "image-classification" for e in named)
     detected = [e for e in _events(probe, "shapes") if e.type == "start" and e.label == SHAPE]
     assert len(detected) == 1
+    # The stats message says what became of the detector's objects.
+    figures = {p.name: p for p in daemon.stats().pipelines}
+    crops = figures["what"].crops
+    assert figures["shapes"].crops is None and crops is not None
+    assert crops.classified >= figures["what"].inferences > 0
+    assert 0 < crops.reported <= crops.classified

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from device.config import load_config
 from device.daemon import Daemon
 from device.errors import ConfigError
-from device.mqtt.payloads import PipelineStats, SourceStats, Stats
+from device.mqtt.payloads import CropCounts, PipelineStats, SourceStats, Stats
 from device.prometheus import PrometheusEndpoint
 from tests.conftest import Broker, free_port
 from tests.test_daemon import write_config
@@ -33,6 +33,9 @@ STATS = Stats(
     pipelines=(
         PipelineStats(name="people", inferences=197, inference_ms_p50=12.5,
                       inference_ms_p99=30.0, events=4),
+        PipelineStats(name="who", inferences=60, inference_ms_p50=1.5, inference_ms_p99=3.0,
+                      events=2, crops=CropCounts(classified=70, reported=66, skipped_small=4,
+                                                 skipped_limit=1, other_labels=9)),
     ),
     cpu_percent=55.5,
     memory_rss_mb=100.0,
@@ -97,6 +100,15 @@ def test_endpoint_serves_the_stats_figures() -> None:
     assert value(
         "edgewatch_pipeline_inference_seconds", pipeline="people", quantile="0.99"
     ) == pytest.approx(0.030)
+    # A chained pipeline's crops, by outcome; none for a pipeline that crops nothing.
+    outcomes = {"classified": 70, "reported": 66, "skipped_small": 4, "skipped_limit": 1,
+                "other_labels": 9}  # fmt: skip
+    for outcome, count in outcomes.items():
+        assert value("edgewatch_pipeline_crops_total", pipeline="who", outcome=outcome) == count
+    assert not any(
+        name == "edgewatch_pipeline_crops_total" and ("pipeline", "people") in labels
+        for name, labels in samples
+    )
     # Only our figures: no client-library process metrics under other names.
     assert all(name.startswith("edgewatch_") for name, _ in samples)
     # The port is free again once stopped.

@@ -308,6 +308,21 @@ class SourceStats(_Wire):
     enabled: bool = True
 
 
+class CropCounts(_Wire):
+    """A chained pipeline's crops since it was built: what its input found, and what
+    became of each object."""
+
+    #: Crops the second model ran on, and those whose label was reported.
+    classified: int
+    reported: int
+    #: Objects of the labels it crops whose box was under ``min_size`` pixels.
+    skipped_small: int
+    #: Objects beyond ``max_objects`` in their frame.
+    skipped_limit: int
+    #: Objects of labels it does not crop (``input_labels``).
+    other_labels: int
+
+
 class PipelineStats(_Wire):
     name: str
     inferences: int
@@ -317,6 +332,8 @@ class PipelineStats(_Wire):
     #: Frames (or audio windows) not inferred because nothing moved (or it was silent):
     #: gated, not lost. ``inferences`` counts the rest.
     gated: int = 0
+    #: Chained pipelines only (None for the rest): what became of the input's objects.
+    crops: CropCounts | None = None
 
 
 class Stats(_Wire):
