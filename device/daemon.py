@@ -737,7 +737,13 @@ class Daemon:
     def entities(self) -> list[Entity]:
         """Home Assistant entities for what runs now."""
         infos = [
-            PipelineInfo(name=p.name, source=p.source, reportable=p.pipeline.reportable)
+            PipelineInfo(
+                name=p.name,
+                source=p.source,
+                reportable=p.pipeline.reportable,
+                snapshots=isinstance(p.pipeline, DetectionPipeline)
+                and p.pipeline.config.snapshot.enabled,
+            )
             for p in self.pipelines
         ]
         infos += self.records.entity_infos()

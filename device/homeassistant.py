@@ -114,7 +114,24 @@ class UpdateConfig(_Entity):
     component: ClassVar[str] = "update"
 
 
-Entity = BinarySensorConfig | SensorConfig | UpdateConfig
+class CameraConfig(_Config):
+    """The latest event snapshot of a source: Home Assistant's MQTT camera shows each
+    raw JPEG published on ``topic`` (the retained ``events/<source>/snapshot``), so the
+    picture of the last event is there even right after Home Assistant restarts."""
+
+    component: ClassVar[str] = "camera"
+
+    name: str
+    unique_id: str
+    object_id: str
+    device: HaDevice
+    origin: HaOrigin
+    availability: tuple[HaAvailability, ...]
+    topic: str
+    icon: str | None = None
+
+
+Entity = BinarySensorConfig | SensorConfig | UpdateConfig | CameraConfig
 
 
 @dataclass(frozen=True)
@@ -124,6 +141,8 @@ class PipelineInfo:
     name: str
     source: str
     reportable: tuple[str, ...]
+    #: A detection pipeline that publishes event snapshots.
+    snapshots: bool = False
 
 
 @dataclass(frozen=True)
@@ -179,8 +198,9 @@ def build_entities(
     with_temperature: bool = False,
 ) -> list[Entity]:
     """Every entity of a device: per source and reportable label a presence binary
-    sensor and a score sensor, per source an fps sensor, per pipeline an update entity
-    for its model, and device-wide CPU (and temperature where readable)."""
+    sensor and a score sensor, per source an fps sensor (and a camera showing the last
+    event's snapshot where a pipeline makes them), per pipeline an update entity for its
+    model, and device-wide CPU (and temperature where readable)."""
     device = HaDevice(
         identifiers=(f"edgewatch_{device_id}",), name=device_id, sw_version=__version__
     )
@@ -235,6 +255,18 @@ def build_entities(
                 suggested_display_precision=1,
                 entity_category="diagnostic",
                 qos=0,
+                **common,
+            )
+        )
+    with_snapshots = {p.source for p in pipelines if p.snapshots}
+    for source in (s for s in sources if s in with_snapshots):
+        entities.append(
+            CameraConfig(
+                name=f"{source} last event",
+                unique_id=f"edgewatch_{device_id}_{object_id(source)}_event_snapshot",
+                object_id=f"{object_id(source)}_event_snapshot",
+                topic=topics.event_snapshot(source),
+                icon="mdi:cctv",
                 **common,
             )
         )
@@ -375,7 +407,12 @@ def pipelines_from_config(config: DeviceConfig) -> list[PipelineInfo]:
             for label in manifest.labels
             if label not in background and label not in pipeline.ignore_labels
         )
-        infos.append(PipelineInfo(name=name, source=pipeline.source, reportable=reportable))
+        snapshots = isinstance(pipeline, DetectionPipelineConfig) and pipeline.snapshot.enabled
+        infos.append(
+            PipelineInfo(
+                name=name, source=pipeline.source, reportable=reportable, snapshots=snapshots
+            )
+        )
     return infos
 
 

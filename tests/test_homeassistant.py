@@ -31,7 +31,7 @@ TOPICS = Topics("edgewatch", "pi-porch")
 PIPELINES = (
     PipelineInfo(name="people", source="porch", reportable=("person", "cat")),
     PipelineInfo(name="pets", source="porch", reportable=("cat", "dog's toy")),
-    PipelineInfo(name="garage", source="garage", reportable=("car",)),
+    PipelineInfo(name="garage", source="garage", reportable=("car",), snapshots=True),
 )
 # Keys Home Assistant's MQTT integration documents for each component (the subset an
 # edgewatch config may use); anything else would be a typo Home Assistant rejects.
@@ -44,14 +44,20 @@ ALLOWED_KEYS = {
     "sensor": COMMON_KEYS
     | {"state_class", "unit_of_measurement", "device_class", "suggested_display_precision"},
     "update": COMMON_KEYS,
-}
+    # The MQTT camera reads raw image payloads from `topic`; no state or template.
+    "camera": {
+        "name", "unique_id", "object_id", "device", "origin", "availability", "topic", "icon",
+    },
+}  # fmt: skip
 REQUIRED_KEYS = {
     "binary_sensor": {"state_topic"},
     "sensor": {"state_topic"},
     "update": {"state_topic"},  # one of state_topic/command_topic; ours reads the state
+    "camera": {"topic"},
 }
 TOPIC_PATTERN = re.compile(
-    r"^homeassistant/(binary_sensor|sensor|update)/([A-Za-z0-9_-]+)/([A-Za-z0-9_-]+)/config$"
+    r"^homeassistant/(binary_sensor|sensor|update|camera)/([A-Za-z0-9_-]+)/([A-Za-z0-9_-]+)"
+    r"/config$"
 )
 
 
@@ -96,7 +102,7 @@ def test_discovery_configs_follow_home_assistants_rules() -> None:
         assert device["model"] == "edgewatch" and device["name"] == "pi-porch"
         assert device["sw_version"]
         assert config["origin"]["name"] == "edgewatch"
-        assert config["qos"] in (0, 1)
+        assert config.get("qos", 0) in (0, 1)
         if component == "sensor":
             assert config["state_class"] == "measurement"  # numeric: '' is ignored
     by_id = {config["unique_id"]: (topic, config) for topic, config in found}
@@ -113,6 +119,10 @@ def test_discovery_configs_follow_home_assistants_rules() -> None:
         topic, config = by_id[f"edgewatch_pi-porch_{pipeline}_model"]
         assert topic.startswith("homeassistant/update/")
         assert config["state_topic"] == "edgewatch/pi-porch/state"
+    # A camera for the source whose pipeline makes event snapshots, and for no other.
+    cameras = [(topic, c) for topic, c in found if topic.startswith("homeassistant/camera/")]
+    assert [c["unique_id"] for _, c in cameras] == ["edgewatch_pi-porch_garage_event_snapshot"]
+    assert cameras[0][1]["topic"] == "edgewatch/pi-porch/events/garage/snapshot"
     presence = by_id["edgewatch_pi-porch_porch_cat_presence"][1]
     assert presence["state_topic"] == "edgewatch/pi-porch/events/porch"
     assert (presence["payload_on"], presence["payload_off"]) == ("ON", "OFF")
