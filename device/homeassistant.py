@@ -70,7 +70,7 @@ class HaAvailability(_Config):
     payload_not_available: str = OFFLINE
 
 
-class _Entity(_Config):
+class _EntityBase(_Config):
     """Keys every edgewatch entity carries."""
 
     component: ClassVar[str]
@@ -81,10 +81,15 @@ class _Entity(_Config):
     device: HaDevice
     origin: HaOrigin
     availability: tuple[HaAvailability, ...]
+    icon: str | None = None
+
+
+class _Entity(_EntityBase):
+    """An entity whose state is rendered from one of the JSON topics."""
+
     state_topic: str
     value_template: str
     qos: Literal[0, 1] = 1
-    icon: str | None = None
     entity_category: Literal["diagnostic", "config"] | None = None
 
 
@@ -114,21 +119,14 @@ class UpdateConfig(_Entity):
     component: ClassVar[str] = "update"
 
 
-class CameraConfig(_Config):
+class CameraConfig(_EntityBase):
     """The latest event snapshot of a source: Home Assistant's MQTT camera shows each
     raw JPEG published on ``topic`` (the retained ``events/<source>/snapshot``), so the
     picture of the last event is there even right after Home Assistant restarts."""
 
     component: ClassVar[str] = "camera"
 
-    name: str
-    unique_id: str
-    object_id: str
-    device: HaDevice
-    origin: HaOrigin
-    availability: tuple[HaAvailability, ...]
     topic: str
-    icon: str | None = None
 
 
 Entity = BinarySensorConfig | SensorConfig | UpdateConfig | CameraConfig
