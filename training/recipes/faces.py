@@ -13,8 +13,9 @@
    settings docs/real-data.md measured on ORL), ``convert --quant int8``: the identity
    bundle;
 5. checks: the identity bundle through the device's own ``CropClassifier`` on the test
-   scenes' true face boxes, and ``edgewatch evaluate`` of the detector on the test
-   scenes;
+   scenes' true face boxes; both bundles chained as the device chains them (detector
+   on the scene, identity on its boxes' crops) on the same scenes; and ``edgewatch
+   evaluate`` of the detector on the test scenes;
 6. ``faces.toml``: a device config with a camera, the detection pipeline ``faces`` and
    the chained pipeline ``who`` (deploy/examples/faces.toml is this file with a Pi's
    paths).
@@ -35,17 +36,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 import tomllib
 
+from converters.detection_metrics import TruthBox, match_image
 from converters.model_dir import INFO_FILE
 from device.bundle.reader import read_bundle
 from device.config import RuntimeSection
 from device.detection.crops import CropSettings
+from device.detection.detector import Detector
 from device.detection.objects import DetectedObject, NormBox
 from device.errors import DatasetError, EdgewatchError
 from device.pipelines.chain_config import ChainedClassificationConfig
@@ -70,6 +73,8 @@ MARGIN = 0.1
 MIN_SIZE = 24
 IDENTITY_THRESHOLD = 0.6
 DETECTOR_THRESHOLD = 0.5
+#: The one label detections and true faces share while they are matched.
+_ANY = "object"
 #: Where install-pi.sh puts bundles; deploy/examples/faces.toml points there.
 PI_MODELS = Path("/var/lib/edgewatch/models")
 
@@ -114,11 +119,38 @@ class IdentityCheck:
 
 
 @dataclass(frozen=True)
+class ChainCheck:
+    """The two bundles chained as the device runs them, on the test scenes: the
+    detector on each whole scene, the identity model on the crops of what it found.
+
+    A true face is *found* when a detection's centre lies in its box (each detection
+    matches one face at most, the most confident first); a found face is then named
+    right, named wrong, or not named (under the identity threshold, too small to crop,
+    or beyond the crop limit: the device would report nobody known).
+    """
+
+    images: int
+    faces: int
+    found: int
+    named_right: int
+    named_wrong: int
+    unnamed: int
+    #: Detections that matched no face and were named anyway: "who" events for nobody.
+    false_named: int
+
+    @property
+    def accuracy(self) -> float:
+        """True faces named right, of all true faces: what "who" gets right end to end."""
+        return self.named_right / self.faces if self.faces else 0.0
+
+
+@dataclass(frozen=True)
 class FaceExampleResult:
     detector_bundle: Path
     identity_bundle: Path
     config: Path
     identity_check: IdentityCheck
+    chain_check: ChainCheck
     #: `edgewatch evaluate --json` of the detector on the test scenes; None when the
     #: command failed (the log says why).
     detector_evaluation: dict[str, object] | None
@@ -197,6 +229,64 @@ def check_identity(
         skipped_small=stats.skipped_small,
         ms_per_crop_p50=stats.latency.p50_ms,
     )
+
+
+def check_chain(
+    detector_path: Path,
+    identity_path: Path,
+    scenes_dir: Path,
+    settings: CropSettings,
+    *,
+    identity_threshold: float,
+    detector_threshold: float = DETECTOR_THRESHOLD,
+    input_labels: tuple[str, ...] = ("face",),
+) -> ChainCheck:
+    """Run the detector and the identity model as the ``faces`` → ``who`` pipelines do
+    on every image of a scene folder, and count against its ``identities.csv``."""
+    detector = Detector.load(
+        read_bundle(detector_path), edgetpu="off", threshold=detector_threshold
+    )
+    bundle = read_bundle(identity_path)
+    config = ChainedClassificationConfig(
+        input="faces", input_labels=input_labels, model=identity_path, margin=settings.margin,
+        aspect=settings.aspect, min_size=settings.min_size, threshold=identity_threshold,
+    )  # fmt: skip
+    loaded = load_model("who", "camera", "image-classification", bundle, RuntimeSection())
+    classifier = CropClassifier("who", config, bundle, loaded.runtime)
+    truth = read_identities(scenes_dir)
+    images = sorted(p for p in (scenes_dir / IMAGES_DIR).iterdir() if p.is_file())
+    faces = found = right = wrong = unnamed = false_named = 0
+    for path in images:
+        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if frame is None:
+            raise DatasetError(f"{path} is not a readable image")
+        height, width = frame.shape[:2]
+        boxes = truth.get(path.name, [])
+        faces += len(boxes)
+        objects = [o for o in detector.detect(frame).objects if o.label in input_labels]
+        verdicts = {
+            id(r.object): r.label
+            for r in classifier.classify(np.asarray(frame, dtype=np.uint8), objects)
+        }
+        # Matched as `edgewatch evaluate` matches (centroid in box, one to one, the most
+        # confident first), whatever the detected label among input_labels.
+        match = match_image(
+            [replace(o, label=_ANY) for o in objects],
+            [TruthBox(_ANY, NormBox(b.x0 / width, b.y0 / height, b.x1 / width, b.y1 / height))
+             for b in boxes],
+        )  # fmt: skip
+        for index in match.false_positives:
+            false_named += verdicts.get(id(objects[index])) is not None
+        for index, face in match.pairs:
+            found += 1
+            named = verdicts.get(id(objects[index]))
+            if named is None:
+                unnamed += 1
+            elif named == boxes[face].identity:
+                right += 1
+            else:
+                wrong += 1
+    return ChainCheck(len(images), faces, found, right, wrong, unnamed, false_named)
 
 
 def _evaluate_detector(
@@ -338,6 +428,15 @@ def build_face_example(options: FaceExampleOptions) -> FaceExampleResult:
         check.correct, check.faces, check.accuracy, check.reported, IDENTITY_THRESHOLD,
         check.ms_per_crop_p50,
     )  # fmt: skip
+    chain = check_chain(
+        detector, identity, test_dir, settings, identity_threshold=IDENTITY_THRESHOLD
+    )
+    log.info(
+        "detector then identity on the test scenes: %d of %d faces named right (%.3f), "
+        "%d named wrong, %d found but not named, %d missed; %d false faces named",
+        chain.named_right, chain.faces, chain.accuracy, chain.named_wrong, chain.unnamed,
+        chain.faces - chain.found, chain.false_named,
+    )  # fmt: skip
     evaluation = _evaluate_detector(options, detector, test_dir)
 
     config_path = out / "faces.toml"
@@ -349,10 +448,14 @@ def build_face_example(options: FaceExampleOptions) -> FaceExampleResult:
         identity_bundle=identity,
         config=config_path,
         identity_check=check,
+        chain_check=chain,
         detector_evaluation=evaluation,
         seconds=time.monotonic() - start,
     )
-    report = asdict(result) | {"identity_accuracy": check.accuracy}
+    report = asdict(result) | {
+        "identity_accuracy": check.accuracy,
+        "chain_accuracy": chain.accuracy,
+    }
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     return result
 
