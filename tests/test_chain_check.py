@@ -12,11 +12,12 @@ import csv
 import math
 from pathlib import Path
 
+import cv2
 import pytest
 
 from tests.helpers_crops import CROP
 from tests.helpers_detection import CLASSES, synthetic_detector
-from training.recipes.faces import check_chain
+from training.recipes.faces import check_chain, write_detector_crops
 from training.synthetic.face_scenes import IDENTITIES_FILE, IMAGES_DIR
 
 
@@ -40,7 +41,7 @@ def shape_scenes(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
 
 
 def test_the_chain_check_counts_what_the_device_would_report(
-    detector_bundle: Path, shape_crop_bundle: Path, shape_scenes: tuple[Path, int]
+    detector_bundle: Path, shape_crop_bundle: Path, shape_scenes: tuple[Path, int], tmp_path: Path
 ) -> None:
     folder, shapes = shape_scenes
     check = check_chain(
@@ -66,12 +67,40 @@ def test_the_chain_check_counts_what_the_device_would_report(
     assert strict.unnamed == strict.found
 
     # Truth that names nobody the classifier knows: nothing can be named right.
+    nobody = tmp_path / "nobody"
+    nobody.mkdir()
+    (nobody / IMAGES_DIR).symlink_to(folder / IMAGES_DIR)
     rows = (folder / IDENTITIES_FILE).read_text(encoding="utf-8").splitlines()
     renamed = [rows[0], *(row.rsplit(",", 1)[0] + ",nobody" for row in rows[1:])]
-    (folder / IDENTITIES_FILE).write_text("\n".join(renamed) + "\n", encoding="utf-8")
+    (nobody / IDENTITIES_FILE).write_text("\n".join(renamed) + "\n", encoding="utf-8")
     strangers = check_chain(
-        detector_bundle, shape_crop_bundle, folder, CROP, identity_threshold=0.4,
+        detector_bundle, shape_crop_bundle, nobody, CROP, identity_threshold=0.4,
         input_labels=CLASSES,
     )  # fmt: skip
     assert strangers.named_right == 0 and strangers.found == check.found
     assert strangers.named_wrong == check.named_right + check.named_wrong
+
+
+def test_detector_crops_are_cut_from_the_detectors_boxes(
+    detector_bundle: Path, shape_scenes: tuple[Path, int], tmp_path: Path
+) -> None:
+    folder, _ = shape_scenes
+    train = tmp_path / "train"
+    written = write_detector_crops(
+        detector_bundle, folder, train, CROP, per_identity=4, input_labels=CLASSES
+    )
+    files = {label: sorted((train / label).glob("det_*.png")) for label in CLASSES}
+    assert written == sum(len(f) for f in files.values())
+    assert all(1 <= len(f) <= 4 for f in files.values()), files  # each class, capped
+    for path in (p for f in files.values() for p in f):
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        assert image is not None and image.ndim == 3
+        height, width = image.shape[:2]
+        assert abs(width - height) <= 1  # CROP's aspect 1.0: the device's own crop
+        assert min(width, height) >= CROP.min_size
+    # The same again writes the same files (a recipe run that stopped can restart).
+    again = write_detector_crops(
+        detector_bundle, folder, train, CROP, per_identity=4, input_labels=CLASSES
+    )
+    assert again == written
+    assert {label: sorted((train / label).glob("det_*.png")) for label in CLASSES} == files

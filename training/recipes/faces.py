@@ -9,9 +9,10 @@
    detector, and test scenes from the held-out ones;
 3. ``edgewatch train object-detection`` on the scenes, ``edgewatch convert --quant
    int8``: the face detector bundle;
-4. ``edgewatch train image-classification`` on the identity folder (grey, 64 px, the
-   settings docs/real-data.md measured on ORL), ``convert --quant int8``: the identity
-   bundle;
+4. crops of the faces the trained detector finds in the training scenes, cut from its
+   own boxes, added to the identity folder; then ``edgewatch train
+   image-classification`` on that folder (grey, 64 px, the settings docs/real-data.md
+   measured on ORL), ``convert --quant int8``: the identity bundle;
 5. checks: the identity bundle through the device's own ``CropClassifier`` on the test
    scenes' true face boxes; both bundles chained as the device chains them (detector
    on the scene, identity on its boxes' crops) on the same scenes; and ``edgewatch
@@ -35,19 +36,20 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import tomllib
 
-from converters.detection_metrics import TruthBox, match_image
+from converters.detection_metrics import ImageMatch, TruthBox, match_image
 from converters.model_dir import INFO_FILE
 from device.bundle.reader import read_bundle
 from device.config import RuntimeSection
-from device.detection.crops import CropSettings
+from device.detection.crops import CropSettings, crop
 from device.detection.detector import Detector
 from device.detection.objects import DetectedObject, NormBox
 from device.errors import DatasetError, EdgewatchError
@@ -58,6 +60,7 @@ from training.datasets.face_identity import write_identity_folder
 from training.synthetic.face_scenes import (
     BOXES_FILE,
     IMAGES_DIR,
+    FaceBox,
     SceneOptions,
     read_identities,
     write_face_scenes,
@@ -96,6 +99,9 @@ class FaceExampleOptions:
     holdout: int = 1
     #: Crops written per training picture, besides the picture itself.
     variants: int = 3
+    #: Crops of the trained detector's own boxes per person, from the training scenes,
+    #: added to the identity training folder (0: none).
+    detector_crops: int = 12
     seed: int = 0
     python: str = field(default_factory=lambda: sys.executable)
 
@@ -231,6 +237,42 @@ def check_identity(
     )
 
 
+@dataclass(frozen=True)
+class _MatchedScene:
+    """One scene image, what the detector found in it, and how that matched its faces."""
+
+    name: str
+    frame: np.ndarray[Any, np.dtype[np.uint8]]
+    #: Detections of the cropped labels, the most confident first.
+    objects: list[DetectedObject]
+    faces: list[FaceBox]
+    match: ImageMatch
+
+
+def _matched_scenes(
+    detector_path: Path, scenes_dir: Path, input_labels: tuple[str, ...], threshold: float
+) -> Iterator[_MatchedScene]:
+    """The detector on every image of a scene folder, matched to ``identities.csv`` as
+    ``edgewatch evaluate`` matches (centroid in box, one to one, the most confident
+    first), whatever the detected label among ``input_labels``."""
+    detector = Detector.load(read_bundle(detector_path), edgetpu="off", threshold=threshold)
+    truth = read_identities(scenes_dir)
+    for path in sorted(p for p in (scenes_dir / IMAGES_DIR).iterdir() if p.is_file()):
+        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if frame is None:
+            raise DatasetError(f"{path} is not a readable image")
+        height, width = frame.shape[:2]
+        faces = truth.get(path.name, [])
+        found = sorted(detector.detect(frame).objects, key=lambda o: o.score, reverse=True)
+        objects = [o for o in found if o.label in input_labels]
+        match = match_image(
+            [replace(o, label=_ANY) for o in objects],
+            [TruthBox(_ANY, NormBox(b.x0 / width, b.y0 / height, b.x1 / width, b.y1 / height))
+             for b in faces],
+        )  # fmt: skip
+        yield _MatchedScene(path.name, np.asarray(frame, dtype=np.uint8), objects, faces, match)
+
+
 def check_chain(
     detector_path: Path,
     identity_path: Path,
@@ -243,9 +285,6 @@ def check_chain(
 ) -> ChainCheck:
     """Run the detector and the identity model as the ``faces`` → ``who`` pipelines do
     on every image of a scene folder, and count against its ``identities.csv``."""
-    detector = Detector.load(
-        read_bundle(detector_path), edgetpu="off", threshold=detector_threshold
-    )
     bundle = read_bundle(identity_path)
     config = ChainedClassificationConfig(
         input="faces", input_labels=input_labels, model=identity_path, margin=settings.margin,
@@ -253,40 +292,67 @@ def check_chain(
     )  # fmt: skip
     loaded = load_model("who", "camera", "image-classification", bundle, RuntimeSection())
     classifier = CropClassifier("who", config, bundle, loaded.runtime)
-    truth = read_identities(scenes_dir)
-    images = sorted(p for p in (scenes_dir / IMAGES_DIR).iterdir() if p.is_file())
-    faces = found = right = wrong = unnamed = false_named = 0
-    for path in images:
-        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if frame is None:
-            raise DatasetError(f"{path} is not a readable image")
-        height, width = frame.shape[:2]
-        boxes = truth.get(path.name, [])
-        faces += len(boxes)
-        objects = [o for o in detector.detect(frame).objects if o.label in input_labels]
-        verdicts = {
-            id(r.object): r.label
-            for r in classifier.classify(np.asarray(frame, dtype=np.uint8), objects)
-        }
-        # Matched as `edgewatch evaluate` matches (centroid in box, one to one, the most
-        # confident first), whatever the detected label among input_labels.
-        match = match_image(
-            [replace(o, label=_ANY) for o in objects],
-            [TruthBox(_ANY, NormBox(b.x0 / width, b.y0 / height, b.x1 / width, b.y1 / height))
-             for b in boxes],
-        )  # fmt: skip
-        for index in match.false_positives:
-            false_named += verdicts.get(id(objects[index])) is not None
-        for index, face in match.pairs:
+    images = faces = found = right = wrong = unnamed = false_named = 0
+    for scene in _matched_scenes(detector_path, scenes_dir, input_labels, detector_threshold):
+        images += 1
+        faces += len(scene.faces)
+        verdicts = {id(r.object): r.label for r in classifier.classify(scene.frame, scene.objects)}
+        for index in scene.match.false_positives:
+            false_named += verdicts.get(id(scene.objects[index])) is not None
+        for index, face in scene.match.pairs:
             found += 1
-            named = verdicts.get(id(objects[index]))
+            named = verdicts.get(id(scene.objects[index]))
             if named is None:
                 unnamed += 1
-            elif named == boxes[face].identity:
+            elif named == scene.faces[face].identity:
                 right += 1
             else:
                 wrong += 1
-    return ChainCheck(len(images), faces, found, right, wrong, unnamed, false_named)
+    return ChainCheck(images, faces, found, right, wrong, unnamed, false_named)
+
+
+def write_detector_crops(
+    detector_path: Path,
+    scenes_dir: Path,
+    train_dir: Path,
+    settings: CropSettings,
+    *,
+    per_identity: int,
+    detector_threshold: float = DETECTOR_THRESHOLD,
+    input_labels: tuple[str, ...] = ("face",),
+) -> int:
+    """Crops of the faces the trained detector finds in training scenes, cut from *its*
+    boxes with the chained pipeline's settings, written as
+    ``train_dir/<identity>/det_<scene>_<n>.png`` (at most ``per_identity`` each).
+
+    A centroid detector's boxes are estimates (in one run on the face scenes, the middle
+    80 % of their widths lay between 0.7 and 1.9 times the true width): an identity
+    model that only saw crops of true boxes, jittered a little, misnames many of the
+    faces the detector hands it. These crops show it what the device will cut. Returns
+    the number written.
+    """
+    counts: dict[str, int] = {}
+    written = 0
+    for scene in _matched_scenes(detector_path, scenes_dir, input_labels, detector_threshold):
+        for index, face in scene.match.pairs:
+            identity = scene.faces[face].identity
+            if counts.get(identity, 0) >= per_identity:
+                continue
+            cut = crop(scene.frame, scene.objects[index].box, settings)
+            if cut is None:
+                continue
+            target = train_dir / identity
+            target.mkdir(parents=True, exist_ok=True)
+            out = target / f"det_{Path(scene.name).stem}_{face}.png"
+            if not cv2.imwrite(str(out), cut.image):
+                raise OSError(f"could not write {out}")
+            counts[identity] = counts.get(identity, 0) + 1
+            written += 1
+    log.info(
+        "%d crops of the detector's boxes written to %s (%d identities)",
+        written, train_dir, len(counts),
+    )  # fmt: skip
+    return written
 
 
 def _evaluate_detector(
@@ -412,6 +478,11 @@ def build_face_example(options: FaceExampleOptions) -> FaceExampleResult:
          "--seed", str(options.seed), "--name", DETECTOR_NAME, *options.detector_args],
         out / "detector-model", detector,
     )  # fmt: skip
+    if options.detector_crops > 0 and not (out / "identity-model" / INFO_FILE).is_file():
+        write_detector_crops(
+            detector, scenes_dir, identity_dir / "train", settings,
+            per_identity=options.detector_crops,
+        )  # fmt: skip
     _train_and_convert(
         options, "identity classifier",
         ["image-classification", identity_dir / "train", "--color", "grey",
@@ -483,6 +554,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--holdout", type=int, default=FaceExampleOptions.holdout)
     parser.add_argument("--variants", type=int, default=FaceExampleOptions.variants)
+    parser.add_argument(
+        "--detector-crops", type=int, default=FaceExampleOptions.detector_crops,
+        help="crops of the trained detector's boxes per person for the identity model",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--detector-arg", action="append", default=[], metavar="ARG",
@@ -502,7 +577,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         orl_dir=args.orl, out_dir=args.out, scenes=args.scenes, test_scenes=args.test_scenes,
         detector_epochs=args.detector_epochs, detector_args=tuple(args.detector_arg),
         identity_epochs=args.identity_epochs, identity_patience=args.identity_patience,
-        holdout=args.holdout, variants=args.variants, seed=args.seed,
+        holdout=args.holdout, variants=args.variants, detector_crops=args.detector_crops,
+        seed=args.seed,
     )  # fmt: skip
     try:
         result = build_face_example(options)
