@@ -16,8 +16,8 @@ ungated run found (every ungated event has a gated event of the same label overl
 it in time). Asserted: nothing missed, and the model ran on at most 15 % of the frames
 (what the gate decides). The CPU ratio is printed with its verdict and where the gated
 time went: the model's runs alone are about a tenth of ungated here (the crossing's
-frames, each costing about what an ungated frame does, since the model runs after
-idle stretches with cold caches), so the motion checks and the bookkeeping must stay
+frames, each costing nearly what an ungated frame does: the input's resize and the
+invoke are most of either), so the motion checks and the bookkeeping must stay
 under the remaining few hundredths, which on a two-core x86 box shared with other
 jobs they do not quite.
 """
