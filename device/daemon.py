@@ -532,11 +532,7 @@ class Daemon:
                 chained = loaded.pipeline.stats()
                 inferences = chained.inferences  # frames with crops
                 crops = CropCounts(
-                    classified=chained.crops.classified,
-                    reported=chained.crops.reported,
-                    skipped_small=chained.crops.skipped_small,
-                    skipped_limit=chained.crops.skipped_limit,
-                    other_labels=chained.crops.other_labels,
+                    **{key: getattr(chained.crops, key) for key in CropCounts.model_fields}
                 )
             pipelines.append(
                 PipelineStats(

@@ -196,17 +196,24 @@ def _train_and_convert(
     )
 
 
+def _identity_classifier(
+    bundle_path: Path, settings: CropSettings, threshold: float, input_labels: tuple[str, ...]
+) -> CropClassifier:
+    """The identity bundle as the ``who`` pipeline runs it, loaded the way serving does."""
+    bundle = read_bundle(bundle_path)
+    config = ChainedClassificationConfig(
+        input="faces", input_labels=input_labels, model=bundle_path, margin=settings.margin,
+        aspect=settings.aspect, min_size=settings.min_size, threshold=threshold,
+    )  # fmt: skip
+    loaded = load_model("who", "camera", "image-classification", bundle, RuntimeSection())
+    return CropClassifier("who", config, bundle, loaded.runtime)
+
+
 def check_identity(
     bundle_path: Path, scenes_dir: Path, settings: CropSettings, threshold: float
 ) -> IdentityCheck:
     """Run the identity bundle through ``CropClassifier`` on every true face box."""
-    bundle = read_bundle(bundle_path)
-    config = ChainedClassificationConfig(
-        input="faces", input_labels=("face",), model=bundle_path, margin=settings.margin,
-        aspect=settings.aspect, min_size=settings.min_size, threshold=threshold,
-    )  # fmt: skip
-    loaded = load_model("who", "camera", "image-classification", bundle, RuntimeSection())
-    classifier = CropClassifier("who", config, bundle, loaded.runtime)
+    classifier = _identity_classifier(bundle_path, settings, threshold, ("face",))
     faces = correct = 0
     for name, boxes in sorted(read_identities(scenes_dir).items()):
         frame = cv2.imread(str(scenes_dir / IMAGES_DIR / name), cv2.IMREAD_COLOR)
@@ -285,13 +292,7 @@ def check_chain(
 ) -> ChainCheck:
     """Run the detector and the identity model as the ``faces`` → ``who`` pipelines do
     on every image of a scene folder, and count against its ``identities.csv``."""
-    bundle = read_bundle(identity_path)
-    config = ChainedClassificationConfig(
-        input="faces", input_labels=input_labels, model=identity_path, margin=settings.margin,
-        aspect=settings.aspect, min_size=settings.min_size, threshold=identity_threshold,
-    )  # fmt: skip
-    loaded = load_model("who", "camera", "image-classification", bundle, RuntimeSection())
-    classifier = CropClassifier("who", config, bundle, loaded.runtime)
+    classifier = _identity_classifier(identity_path, settings, identity_threshold, input_labels)
     images = faces = found = right = wrong = unnamed = false_named = 0
     for scene in _matched_scenes(detector_path, scenes_dir, input_labels, detector_threshold):
         images += 1
