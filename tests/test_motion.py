@@ -342,3 +342,47 @@ def test_a_one_pixel_camera_shake_is_not_motion() -> None:
     assert not any(r.moving for r in detect_all(shaken))
     # The shake is on the edge of what the defaults absorb: a sensitive setting sees it.
     assert any(r.moving for r in detect_all(shaken, MotionSection(threshold=10)))
+
+
+@pytest.fixture(scope="module")
+def camera_sized(tmp_path_factory: pytest.TempPathFactory) -> Scene:
+    """A 640x480 scene (a camera's usual size: the detector shrinks it 4:1 by picking
+    32-bit words) with a circle crossing it."""
+    path = tmp_path_factory.mktemp("motion") / "vga.avi"
+    return make_scene(
+        path, seed=9, script=[Appearance("circle", 0.5, 3.0)], duration_s=4, size=(640, 480)
+    )
+
+
+def not_contiguous(frame: np.ndarray) -> np.ndarray:
+    """The same pixels as a view into a wider array (rows further apart)."""
+    return np.pad(frame, ((0, 0), (0, 4), (0, 0)))[:, : frame.shape[1]]
+
+
+def test_camera_sized_frames_shrink_to_the_same_pixels_either_way(camera_sized: Scene) -> None:
+    """The word-picking shrink (contiguous BGR frames whose width is 4k times the
+    processing width) sees exactly what the nearest-neighbour resize sees (any other
+    frame): every result is the same, and the regions cover the circle."""
+    detector = MotionDetector(MotionSection())
+    picked = [detector.detect(frame) for frame in camera_sized.frames]
+    assert detector._pick_step == 4, "640x480 frames did not take the word-picking path"
+    resized = detect_all([not_contiguous(frame) for frame in camera_sized.frames])
+    assert picked == resized
+    shown = visible(camera_sized)
+    assert all(picked[i].moving for i in shown[2:])
+    for i in shown[2:]:
+        box = camera_sized.box(i)
+        assert box is not None and picked[i].union is not None
+        assert contains(picked[i].union, box, TOLERANCE), (i, picked[i].union, box)
+
+
+def test_a_mask_holds_on_camera_sized_frames(camera_sized: Scene) -> None:
+    """The still-frame check (the largest difference, masks applied) and the full
+    comparison agree: motion wholly under a mask is never reported."""
+    everywhere = ((0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0))
+    results = detect_all(camera_sized.frames, MotionSection(masks=(everywhere,)))
+    assert not any(r.moving or r.fraction for r in results)
+    right = ((0.5, 0.0), (1.0, 0.0), (1.0, 1.0), (0.5, 1.0))
+    results = detect_all(camera_sized.frames, MotionSection(masks=(right,)))
+    assert any(r.moving for r in results)
+    assert all(region.x_max <= 0.5 + 2 * TOLERANCE for r in results for region in r.regions)
