@@ -66,7 +66,7 @@ def test_garbage_model_bytes_are_a_clear_error() -> None:
 
 def test_pixel_lookup_equals_normalise_then_quantize(int8_bundle: Path) -> None:
     """The capture thread's table lookup gives exactly the long way's input tensor."""
-    from device.pipelines.classification import pixel_lut
+    from device.pipelines.classification import lookup_pixels, pixel_lut
     from device.preprocessing.image import normalise, resize_frame
 
     bundle = read_bundle(int8_bundle)
@@ -78,5 +78,14 @@ def test_pixel_lookup_equals_normalise_then_quantize(int8_bundle: Path) -> None:
     assert lut is not None and lut.dtype == np.int8
     long_way = quantize(normalise(resized, spec), runtime.inputs[0])
     np.testing.assert_array_equal(np.take(lut, resized), long_way)
+    # The per-frame lookup (OpenCV's LUT) gives the same, in the input's shape.
+    looked_up = lookup_pixels(lut, resized)
+    assert looked_up.dtype == lut.dtype and looked_up.shape == resized.shape
+    np.testing.assert_array_equal(looked_up, long_way)
+    # Grey inputs keep their channel axis; 16-bit tables (16x8 models) work alike.
+    grey = resized[..., :1].copy()
+    np.testing.assert_array_equal(lookup_pixels(lut, grey), np.take(lut, grey))
+    wide = (np.arange(256, dtype=np.int16) * 97 - 12000).astype(np.int16)
+    np.testing.assert_array_equal(lookup_pixels(wide, resized), np.take(wide, resized))
     float_spec = runtime.inputs[0].model_copy(update={"dtype": "float32", "scale": 0.0})
     assert pixel_lut(spec, float_spec) is None

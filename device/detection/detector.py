@@ -9,9 +9,12 @@ runtime's dequantize and the shared ``HeatmapDecoder``.
 Motion gating hands in a region of interest: the part of the frame where something
 moved. The model then runs on a crop around it, grown to a minimum share of the frame
 (a crop much smaller than what the model trained on would magnify objects beyond the
-sizes it knows) and to the model's aspect ratio (so the crop is not distorted on its
-way to the input), and the objects are mapped back to full-frame coordinates. A crop
-that would cover nearly the whole frame is skipped in favour of the frame itself.
+sizes it knows) and to the shape whole frames reach the model in, so that objects are
+distorted on their way to the input exactly as in training: the frame's own aspect
+ratio for a ``stretch`` model (trained on whole images stretched to its input), the
+model's for a ``center-crop`` one. The objects are then mapped back to full-frame
+coordinates. A crop that would cover nearly the whole frame is skipped in favour of
+the frame itself.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from device.bundle.reader import Bundle
 from device.detection.decode import FloatArray, HeatmapDecoder
 from device.detection.objects import DetectedObject, NormBox
 from device.errors import ConfigError, ModelMismatchError
-from device.pipelines.classification import pixel_lut
+from device.pipelines.classification import lookup_pixels, pixel_lut
 from device.preprocessing.image import UInt8Image, channels, normalise, resize_frame
 from device.runtime import AnyArray, EdgeTpuMode, ModelRuntime, dequantize, load_for_manifest
 
@@ -84,12 +87,14 @@ def crop_region(
     *,
     min_fraction: float = MIN_REGION_FRACTION,
     margin: float = REGION_MARGIN,
+    aspect: float | None = None,
 ) -> PixelRegion | None:
     """The crop to run the model on for ``region`` of a ``frame_size`` (width, height)
     frame, for a model input of ``input_size`` (width, height); None: use the whole
-    frame."""
+    frame. ``aspect``: the crop's width / height (default: the input's)."""
     width, height = frame_size
-    aspect = input_size[0] / input_size[1]
+    if aspect is None:
+        aspect = input_size[0] / input_size[1]
     crop_w = region.width * width * (1.0 + 2.0 * margin)
     crop_h = region.height * height * (1.0 + 2.0 * margin)
     crop_w = max(crop_w, min_fraction * width, float(min(input_size[0], width)))
@@ -233,16 +238,20 @@ class Detector:
         resized = resize_frame(frame_bgr, self.spec)
         if self._lut is None:
             return resized
-        return np.take(self._lut, resized)
+        return lookup_pixels(self._lut, resized)
 
     def region_crop(self, frame_size: tuple[int, int], region: NormBox) -> PixelRegion | None:
-        """The crop ``detect`` runs on for ``region`` (None: the whole frame)."""
+        """The crop ``detect`` runs on for ``region`` (None: the whole frame), in the
+        shape whole frames reach the model in (see the module's notes)."""
+        frame_w, frame_h = frame_size
+        stretched = self.spec.resize == "stretch"
         return crop_region(
             region,
             frame_size,
             (self.spec.width, self.spec.height),
             min_fraction=self.min_region_fraction,
             margin=self.region_margin,
+            aspect=frame_w / frame_h if stretched else None,
         )
 
     def detect(

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
+import cv2
 import numpy as np
 
 from device.bundle.manifest import ImagePreprocessing, TensorSpec
@@ -199,7 +200,7 @@ class ImageClassifier(Generic[SettingsT]):
         resized = resize_frame(frame_bgr, self.spec)
         if self._lut is None:
             return resized
-        return np.take(self._lut, resized)
+        return lookup_pixels(self._lut, resized)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -361,3 +362,13 @@ def pixel_lut(spec: ImagePreprocessing, input_spec: TensorSpec) -> AnyArray | No
         return None
     levels = np.arange(256, dtype=np.uint8)
     return quantize(normalise(levels, spec), input_spec)
+
+
+def lookup_pixels(table: AnyArray, pixels: UInt8Image) -> AnyArray:
+    """``table[pixels]`` for a 256-entry ``pixel_lut``, same shape and the table's dtype.
+
+    OpenCV's LUT rather than ``np.take``: numpy widens the uint8 indices to a 64-bit
+    index array first, OpenCV reads them as they are (about half the time for a
+    96x96x3 input, paid on every frame the model sees).
+    """
+    return np.asarray(cv2.LUT(pixels, table)).reshape(pixels.shape)
