@@ -167,6 +167,27 @@ def test_a_region_of_interest_finds_the_object_in_full_frame_coordinates(
 
 
 @pytest.mark.slow
+def test_region_crops_take_the_shape_whole_frames_reach_the_model_in(
+    int8_detector: Detector,
+) -> None:
+    """The shapes detector stretches whole frames to its square input, so a crop has
+    the frame's aspect (16:9 here); a center-crop model's crops have its own."""
+    assert int8_detector.spec.resize == "stretch"
+    region = NormBox(0.45, 0.45, 0.5, 0.5)
+    crop = int8_detector.region_crop((1280, 720), region)
+    assert crop is not None
+    assert (crop.x1 - crop.x0) / (crop.y1 - crop.y0) == pytest.approx(16 / 9, rel=0.01)
+    centred = Detector(
+        int8_detector.manifest.model_copy(update={"preprocessing": int8_detector.spec.model_copy(
+            update={"resize": "center-crop"})}),
+        int8_detector.runtime,
+    )  # fmt: skip
+    square = centred.region_crop((1280, 720), region)
+    assert square is not None
+    assert square.x1 - square.x0 == pytest.approx(square.y1 - square.y0, abs=1)
+
+
+@pytest.mark.slow
 def test_thresholds_follow_the_precedence_and_refuse_unknown_labels(
     bundles: Path, unseen: list
 ) -> None:

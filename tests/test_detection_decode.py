@@ -181,6 +181,18 @@ def test_a_small_region_grows_to_the_minimum_and_the_model_aspect() -> None:
     assert (crop.y0 + crop.y1) / 2 == pytest.approx(0.475 * 480, abs=1)
 
 
+def test_a_crop_may_take_the_frames_aspect_instead_of_the_models() -> None:
+    """A stretch model saw whole 4:3 frames squeezed into its square input: a 4:3 crop
+    squeezes objects the same way (a square crop would show them 4/3 wider)."""
+    crop = crop_region(NormBox(0.45, 0.45, 0.5, 0.5), (640, 480), (96, 96), aspect=640 / 480)
+    assert crop is not None
+    assert (crop.x1 - crop.x0, crop.y1 - crop.y0) == (320, 240)
+    tall = crop_region(NormBox(0.45, 0.1, 0.5, 0.6), (640, 480), (96, 96), aspect=640 / 480)
+    assert tall is not None
+    assert (tall.x1 - tall.x0) / (tall.y1 - tall.y0) == pytest.approx(4 / 3, rel=0.01)
+    assert tall.y0 <= 0.1 * 480 and tall.y1 >= 0.6 * 480
+
+
 def test_a_region_at_the_edge_is_shifted_inside_the_frame() -> None:
     crop = crop_region(NormBox(0.95, 0.0, 1.0, 0.05), (640, 480), (96, 96))
     assert crop is not None
