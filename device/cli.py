@@ -37,6 +37,17 @@ def _positive_int(value: str) -> int:
     return int(value)
 
 
+def _share(value: str) -> float:
+    """A share of a data folder: a number in [0, 1)."""
+    try:
+        share = float(value)
+    except ValueError:
+        share = -1.0
+    if not 0.0 <= share < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a share in [0, 1), got {value!r}")
+    return share
+
+
 class _ExplicitInt(argparse.Action):
     """Stores an int and remembers that the user gave it, for options whose default
     differs by task (``_given``)."""
@@ -251,15 +262,26 @@ def _cmd_train_audio(args: argparse.Namespace) -> int:
         width=args.width or defaults.width,
         ensemble=args.ensemble or defaults.ensemble,
         synthetic_voices=args.synthetic_voices,
+        val_fraction=defaults.val_fraction if args.val_fraction is None else args.val_fraction,
+        test_fraction=(
+            defaults.test_fraction if args.test_fraction is None else args.test_fraction
+        ),
         keywords=tuple(k for k in args.keywords.split(",") if k) if args.keywords else None,
         version=args.model_version or timestamp_version(),
         **({"name": args.name} if args.name else {}),
     )
     result = train_audio_classifier(args.data_dir, args.out, options)
+    heldout = (
+        f"held-out speakers: accuracy {result.test_accuracy:.3f} on {result.test_clips} clips"
+        if result.test_accuracy is not None
+        else "no speakers held out (nothing measured on unheard speakers)"
+    )
+    validation = (
+        f"validation speakers {result.val_accuracy:.3f}" if result.val_clips else "no validation"
+    )
     sys.stdout.write(
-        f"trained {result.epochs_run} epochs on {result.train_clips} clips; held-out "
-        f"speakers: accuracy {result.test_accuracy:.3f} on {result.test_clips} clips "
-        f"(validation speakers {result.val_accuracy:.3f})\nmodel folder: {result.out_dir}\n"
+        f"trained {result.epochs_run} epochs on {result.train_clips} clips; {heldout} "
+        f"({validation})\nmodel folder: {result.out_dir}\n"
     )
     return 0
 
@@ -660,6 +682,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--synthetic-voices", type=int, default=0, metavar="N",
         help="add every keyword spoken by N espeak-ng voice settings (and as many other "
         "words as _unknown_) to the training split; needs espeak-ng (default 0)",
+    )  # fmt: skip
+    audio.add_argument(
+        "--val-fraction", type=_share, default=None, metavar="SHARE",
+        help="share of the clips, whole speakers, that early stopping watches (default "
+        "0.1; 0: none, every epoch asked for is trained)",
+    )  # fmt: skip
+    audio.add_argument(
+        "--test-fraction", type=_share, default=None, metavar="SHARE",
+        help="share of the clips, whole speakers, held out to measure the model on "
+        "(default 0.15; 0: none, for a model to ship trained on every speaker)",
     )  # fmt: skip
     train.set_defaults(handler=_cmd_train)
 

@@ -129,6 +129,46 @@ def test_cli_train_options_for_audio() -> None:
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "audio-classification", "data", "--out", "m",
                            "--ensemble", "0"])  # fmt: skip
+    assert args.val_fraction is None and args.test_fraction is None  # the options' defaults
+    args = parser.parse_args(["train", "audio-classification", "data", "--out", "m",
+                              "--val-fraction", "0.2", "--test-fraction", "0"])  # fmt: skip
+    assert args.val_fraction == 0.2 and args.test_fraction == 0.0
+    for bad in ("1", "-0.1", "half"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["train", "audio-classification", "data", "--out", "m",
+                               "--test-fraction", bad])  # fmt: skip
+
+
+def test_a_model_to_ship_trains_on_every_speaker(tmp_path: Path) -> None:
+    """--val-fraction 0 --test-fraction 0: every clip trains; nothing is claimed about
+    unheard speakers (no held-out accuracy, an empty held-out list), the report and the
+    conversion's parity use a sample of training clips and say so, and int8 conversion
+    works as usual. Fractions that leave nothing to train on are refused."""
+    from converters.convert import convert_model
+    from tests.helpers_audio import make_keyword_folder
+    from training.train_audio import AudioTrainOptions, train_audio_classifier
+
+    data = make_keyword_folder(tmp_path / "data")
+    options = AudioTrainOptions(
+        epochs=2, batch_size=32, width=16, blocks=1, ensemble=1, val_fraction=0.0,
+        test_fraction=0.0, progress=False, name="everyone", version="1",
+    )  # fmt: skip
+    trained = train_audio_classifier(data, tmp_path / "model", options)
+    assert trained.test_accuracy is None and trained.test_clips == 0 and trained.val_clips == 0
+    info = read_info(trained.out_dir)
+    assert info.heldout_accuracy is None
+    assert info.provenance["test_speakers"] == "0" and info.provenance["val_speakers"] == "0"
+    assert info.provenance["report_and_parity_clips"].startswith("training clips")
+    assert (trained.out_dir / "heldout_files.txt").read_text() == ""
+    judged = read_feature_samples(trained.out_dir / "heldout.npz")
+    assert judged.y is not None and 0 < len(judged) <= trained.train_clips
+    report = json.loads((trained.out_dir / "report" / "report.json").read_text())
+    assert "training clips" in report["title"]
+    converted = convert_model(trained.out_dir, "int8", tmp_path / "everyone-int8.ewm")
+    assert converted.parity.samples == len(judged)
+    with pytest.raises(DatasetError, match="leave clips for training"):
+        train_audio_classifier(data, tmp_path / "none", AudioTrainOptions(
+            epochs=1, val_fraction=0.5, test_fraction=0.5, progress=False))  # fmt: skip
 
 
 def test_ensemble_trains_branches_and_exports_their_average(tmp_path: Path) -> None:

@@ -72,6 +72,9 @@ CALIBRATION_SAMPLES = 300
 #: In the model folder: the held-out (test) speakers' clips, one path a line, relative
 #: to the data folder, so `edgewatch evaluate` can be pointed at exactly those.
 HELDOUT_LIST = "heldout_files.txt"
+#: Training clips measured for the report and conversion parity when no speakers
+#: are held out at all.
+PARITY_TRAINING_CLIPS = 500
 #: Seconds of each generated noise colour in the noise bank.
 GENERATED_NOISE_S = 20.0
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
@@ -170,7 +173,8 @@ class AudioTrainResult:
     model_path: Path
     info_path: Path
     epochs_run: int
-    test_accuracy: float
+    #: On the held-out speakers; None when none were held out (``test_fraction=0``).
+    test_accuracy: float | None
     val_accuracy: float
     labels: tuple[str, ...]
     train_clips: int
@@ -260,9 +264,11 @@ def load_audio_dataset(data_dir: Path, options: AudioTrainOptions) -> AudioDatas
     if generated_silence:
         counts = np.bincount(train.y, minlength=len(labels))
         average = int(np.mean(counts[counts > 0]))
+        # A split with no speakers (a fraction of 0) stays empty.
         train, val, test = (
             _concat(part, _silence_clips(bank, max(1, average * len(part) // len(train)),
                                          silence, spec.clip_samples, rng))
+            if len(part) else part
             for part in (train, val, test)
         )  # fmt: skip
     return AudioDataset(
@@ -505,6 +511,24 @@ def _predict(model: Any, x: FloatArray) -> IntArray:
                       dtype=np.int64)  # fmt: skip
 
 
+def _judged_clips(dataset: AudioDataset, seed: int) -> tuple[LoadedClips, str]:
+    """The clips the report and ``convert``'s parity check are measured on, and their
+    name: the held-out speakers; with none held out (a model trained on every speaker,
+    to ship), the validation speakers; with neither, a sample of the training clips,
+    which measures only the agreement between the Keras model and its conversions."""
+    if len(dataset.test):
+        return dataset.test, "held-out speakers"
+    if len(dataset.val):
+        return dataset.val, "validation speakers (no held-out speakers)"
+    count = min(PARITY_TRAINING_CLIPS, len(dataset.train))
+    chosen = np.sort(np.random.default_rng([seed, 5]).choice(len(dataset.train), count,
+                                                             replace=False))  # fmt: skip
+    # Generated silence has no file, so the sample names none.
+    sample = LoadedClips(x=dataset.train.x[chosen], y=dataset.train.y[chosen], files=(),
+                         skipped=())  # fmt: skip
+    return sample, "training clips (no held-out or validation speakers)"
+
+
 def _write_outputs(
     model: Any,
     *,
@@ -517,10 +541,12 @@ def _write_outputs(
     out_dir: Path,
 ) -> AudioTrainResult:
     spec = extractor.spec
-    test_x = model_inputs(extractor, dataset.test.x)
+    judged, judged_name = _judged_clips(dataset, options.seed)
+    judged_x = model_inputs(extractor, judged.x)
     val_x = model_inputs(extractor, dataset.val.x)
-    metrics = compute_metrics(dataset.test.y, _predict(model, test_x), dataset.labels)
+    metrics = compute_metrics(judged.y, _predict(model, judged_x), dataset.labels)
     val_accuracy = float(np.mean(_predict(model, val_x) == dataset.val.y)) if len(val_x) else 0.0
+    has_test = len(dataset.test) > 0
     epochs_run = len(history.get("loss", []))
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path = out_dir / MODEL_FILE
@@ -534,6 +560,7 @@ def _write_outputs(
         "train_speakers": str(dataset.speakers["train"]),
         "val_speakers": str(dataset.speakers["val"]),
         "test_speakers": str(dataset.speakers["test"]),
+        "report_and_parity_clips": judged_name,
         "generated_silence": str(dataset.generated_silence).lower(),
         "synthetic_voices": str(options.synthetic_voices),
         "mixup": str(options.mixup),
@@ -557,11 +584,11 @@ def _write_outputs(
         background_labels=tuple(x for x in dataset.labels if x in BACKGROUND_LABELS),
         outputs_probabilities=True,
         default_threshold=0.6,
-        heldout_accuracy=metrics.accuracy if metrics.samples else None,
+        heldout_accuracy=metrics.accuracy if has_test and metrics.samples else None,
         provenance=provenance,
     )
     write_info(out_dir, info)
-    write_feature_samples(out_dir / HELDOUT_FILE, FeatureSamples(x=test_x, y=dataset.test.y))
+    write_feature_samples(out_dir / HELDOUT_FILE, FeatureSamples(x=judged_x, y=judged.y))
     (out_dir / HELDOUT_LIST).write_text(
         "".join(f"{p.relative_to(dataset.root).as_posix()}\n" for p in dataset.test.files),
         encoding="utf-8",
@@ -578,7 +605,7 @@ def _write_outputs(
     report = write_report(
         out_dir / REPORT_DIR,
         metrics,
-        title=f"{name} {options.version}: Keras model on the held-out speakers",
+        title=f"{name} {options.version}: Keras model on the {judged_name}",
         history=dict(history),
         extra={"data": dataset.root.resolve().name, "epochs run": epochs_run,
                "seed": options.seed, "validation accuracy": round(val_accuracy, 4),
@@ -586,14 +613,14 @@ def _write_outputs(
                    str(dataset.speakers[k]) for k in ("train", "val", "test")),
                "trained on": device.describe()},
     )  # fmt: skip
-    log.info("held-out speakers: accuracy %.4f (validation %.4f) after %d epochs; %s",
-             metrics.accuracy, val_accuracy, epochs_run, out_dir)  # fmt: skip
+    log.info("%s: accuracy %.4f (validation %.4f) after %d epochs; %s",
+             judged_name, metrics.accuracy, val_accuracy, epochs_run, out_dir)  # fmt: skip
     return AudioTrainResult(
         out_dir=out_dir,
         model_path=model_path,
         info_path=out_dir / INFO_FILE,
         epochs_run=epochs_run,
-        test_accuracy=metrics.accuracy,
+        test_accuracy=metrics.accuracy if has_test else None,
         val_accuracy=val_accuracy,
         labels=dataset.labels,
         train_clips=len(dataset.train),
