@@ -179,15 +179,13 @@ class MotionDetector:
             cv2.accumulateWeighted(grey, background, alpha)
             self._previous = grey
             return MotionResult(False, (), None, 0.0)
-        changed = self._changed(grey, background)
-        fraction = float(np.count_nonzero(changed)) / self._unmasked_pixels
         steady = self._track_steady(grey)
-        # Something changed; it may be the light: compare again with the frame's
-        # overall gain divided out.
+        # Something changed; it may be the light: compare with the frame's overall
+        # gain divided out.
         gain = self._gain(grey, background)
-        if gain != 1.0:
-            changed = self._changed(grey * np.float32(gain), background)
-            fraction = float(np.count_nonzero(changed)) / self._unmasked_pixels
+        compared = grey if gain == 1.0 else grey * np.float32(gain)
+        changed = self._changed(compared, background)
+        fraction = float(np.count_nonzero(changed)) / self._unmasked_pixels
         if fraction > self.config.lighting_change:
             log.debug("motion: %.0f%% of the frame changed at once; reset", fraction * 100)
             self._background = grey.copy()
