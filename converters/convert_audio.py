@@ -175,7 +175,19 @@ def convert_audio_model(
         parity=parity,
         edgetpu_report=build.report if build is not None else None,
         report_paths=tuple(report_paths),
-        warnings=build.warnings if build is not None else (),
+        warnings=(*(build.warnings if build is not None else ()), *_parity_warnings(info)),
+    )
+
+
+def _parity_warnings(info: TrainedModelInfo) -> tuple[str, ...]:
+    """A model trained with no held-out speakers has its parity measured on clips it
+    learnt from or stopped on: say so, so nobody reads it as accuracy on new voices."""
+    judged = info.provenance.get("report_and_parity_clips", "held-out speakers")
+    if judged == "held-out speakers":
+        return ()
+    return (
+        f"the accuracies above are on the model folder's {judged}, not on unheard "
+        "speakers (it was trained with --test-fraction 0)",
     )
 
 

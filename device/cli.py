@@ -686,7 +686,7 @@ def build_parser() -> argparse.ArgumentParser:
     audio.add_argument(
         "--val-fraction", type=_share, default=None, metavar="SHARE",
         help="share of the clips, whole speakers, that early stopping watches (default "
-        "0.1; 0: none, every epoch asked for is trained)",
+        "0.1; 0: none, early stopping then watches the training loss)",
     )  # fmt: skip
     audio.add_argument(
         "--test-fraction", type=_share, default=None, metavar="SHARE",

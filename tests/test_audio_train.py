@@ -166,6 +166,7 @@ def test_a_model_to_ship_trains_on_every_speaker(tmp_path: Path) -> None:
     assert "training clips" in report["title"]
     converted = convert_model(trained.out_dir, "int8", tmp_path / "everyone-int8.ewm")
     assert converted.parity.samples == len(judged)
+    assert any("not on unheard speakers" in warning for warning in converted.warnings)
     with pytest.raises(DatasetError, match="leave clips for training"):
         train_audio_classifier(data, tmp_path / "none", AudioTrainOptions(
             epochs=1, val_fraction=0.5, test_fraction=0.5, progress=False))  # fmt: skip
@@ -205,5 +206,6 @@ def test_ensemble_trains_branches_and_exports_their_average(tmp_path: Path) -> N
     bundle = read_bundle(converted.out)
     assert bundle.manifest.labels == trained.labels
     assert converted.parity.top1_agreement >= 0.9
+    assert not any("unheard" in warning for warning in converted.warnings)
     ops = edgetpu_report(bundle.model_bytes, run_compiler=False)
     assert ops.all_supported, [op.op_name for op in ops.unsupported]
