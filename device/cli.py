@@ -344,6 +344,13 @@ def _cmd_train_detection(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    shares = (("--val-fraction", args.val_fraction), ("--test-fraction", args.test_fraction))
+    given = [flag for flag, value in shares if value is not None]
+    if given and args.task != "audio-classification":
+        raise EdgewatchError(
+            f"{' and '.join(given)}: only audio-classification takes a split share so far; "
+            f"{args.task} splits by its fixed shares (see its docs)"
+        )
     if args.task == "object-detection":
         return _cmd_train_detection(args)
     if args.task == "audio-classification":

@@ -112,7 +112,7 @@ def test_trained_folder_holds_what_convert_needs(keyword_model_dir: Path) -> Non
     assert (keyword_model_dir / "report" / "confusion_matrix.png").is_file()
 
 
-def test_cli_train_options_for_audio() -> None:
+def test_cli_train_options_for_audio(capsys: pytest.CaptureFixture[str]) -> None:
     from device.cli import _given, build_parser
 
     parser = build_parser()
@@ -133,6 +133,11 @@ def test_cli_train_options_for_audio() -> None:
     args = parser.parse_args(["train", "audio-classification", "data", "--out", "m",
                               "--val-fraction", "0.2", "--test-fraction", "0"])  # fmt: skip
     assert args.val_fraction == 0.2 and args.test_fraction == 0.0
+    from device.cli import main
+
+    code = main(["train", "object-detection", "data", "--out", "m", "--test-fraction", "0"])
+    assert code == 2
+    assert "only audio-classification takes a split share" in capsys.readouterr().err
     for bad in ("1", "-0.1", "half"):
         with pytest.raises(SystemExit):
             parser.parse_args(["train", "audio-classification", "data", "--out", "m",
