@@ -13,7 +13,12 @@ from converters.model_dir import read_feature_samples, read_info
 from device.bundle.manifest import AudioPreprocessing
 from device.errors import DatasetError
 from training.audio_augment import AudioAugmentation, _at_snr, _shift
-from training.datasets.speech_folder import index_folder, speaker_of, split_by_speaker
+from training.datasets.speech_folder import (
+    UNATTRIBUTED,
+    index_folder,
+    speaker_of,
+    split_by_speaker,
+)
 
 RATE = 16_000
 
@@ -23,6 +28,7 @@ def test_speaker_of_follows_speech_commands_names() -> None:
     # The test set's _unknown_ prefixes the word: the speaker is still the hash.
     assert speaker_of(Path("_unknown_/backward_0a7c2a8d_nohash_3.wav")) == "0a7c2a8d"
     assert speaker_of(Path("_silence_/1024.wav")) == "file:_silence_/1024"
+    assert speaker_of(Path("_silence_/1024.wav")).startswith(UNATTRIBUTED)
 
 
 def test_split_keeps_every_speaker_in_one_split() -> None:

@@ -52,6 +52,7 @@ from training.audio_augment import AudioAugmentation
 from training.datasets.speech_folder import (
     BACKGROUND_LABELS,
     SILENCE,
+    UNATTRIBUTED,
     ClipIndex,
     LoadedClips,
     index_folder,
@@ -271,6 +272,7 @@ def load_audio_dataset(data_dir: Path, options: AudioTrainOptions) -> AudioDatas
             if len(part) else part
             for part in (train, val, test)
         )  # fmt: skip
+    unattributed = {s for s in index.speakers if s.startswith(UNATTRIBUTED)}
     return AudioDataset(
         root=Path(data_dir),
         labels=labels,
@@ -279,8 +281,10 @@ def load_audio_dataset(data_dir: Path, options: AudioTrainOptions) -> AudioDatas
         test=test,
         noises=bank,
         generated_silence=generated_silence,
+        # Real speakers only: a file with no speaker id is split on its own but is
+        # nobody's voice.
         speakers={
-            name: len({index.speakers[i] for i in part})
+            name: len({index.speakers[i] for i in part} - unattributed)
             for name, part in (("train", split.train), ("val", split.val), ("test", split.test))
         },
     )

@@ -48,11 +48,16 @@ _LAYOUT_HINT = (
 )
 
 
+#: The "speaker" of a file whose name has no speaker id (``_silence_`` clips, say):
+#: this prefix and the file, so each such file is split on its own.
+UNATTRIBUTED = "file:"
+
+
 def speaker_of(path: Path) -> str:
     """The speaker id of a Speech Commands file name (see the module docstring)."""
     stem = path.stem
     if NOHASH not in stem:
-        return f"file:{path.parent.name}/{stem}"
+        return f"{UNATTRIBUTED}{path.parent.name}/{stem}"
     return stem.split(NOHASH, 1)[0].rsplit("_", 1)[-1]
 
 
