@@ -38,7 +38,9 @@ from converters.keras_to_tflite import (
 from converters.model_dir import (
     CALIBRATION_FILE,
     HELDOUT_FILE,
+    HELDOUT_SPEAKERS,
     MODEL_FILE,
+    PARITY_CLIPS_KEY,
     FeatureSamples,
     TrainedModelInfo,
     read_feature_samples,
@@ -182,8 +184,8 @@ def convert_audio_model(
 def _parity_warnings(info: TrainedModelInfo) -> tuple[str, ...]:
     """A model trained with no held-out speakers has its parity measured on clips it
     learnt from or stopped on: say so, so nobody reads it as accuracy on new voices."""
-    judged = info.provenance.get("report_and_parity_clips", "held-out speakers")
-    if judged == "held-out speakers":
+    judged = info.provenance.get(PARITY_CLIPS_KEY, HELDOUT_SPEAKERS)
+    if judged == HELDOUT_SPEAKERS:
         return ()
     return (
         f"the accuracies above are on the model folder's {judged}, not on unheard "

@@ -41,6 +41,11 @@ INFO_FILE = "model_info.json"
 HELDOUT_FILE = "heldout.npz"
 CALIBRATION_FILE = "calibration.npz"
 REPORT_DIR = "report"
+#: Provenance key naming the clips ``HELDOUT_FILE`` holds (audio model folders), and
+#: its value when they are held-out speakers; a folder without the key predates it
+#: and always held out speakers.
+PARITY_CLIPS_KEY = "report_and_parity_clips"
+HELDOUT_SPEAKERS = "held-out speakers"
 
 
 class AnomalyCalibration(BaseModel):

@@ -37,8 +37,10 @@ import numpy as np
 from converters.model_dir import (
     CALIBRATION_FILE,
     HELDOUT_FILE,
+    HELDOUT_SPEAKERS,
     INFO_FILE,
     MODEL_FILE,
+    PARITY_CLIPS_KEY,
     REPORT_DIR,
     FeatureSamples,
     TrainedModelInfo,
@@ -521,7 +523,7 @@ def _judged_clips(dataset: AudioDataset, seed: int) -> tuple[LoadedClips, str]:
     to ship), the validation speakers; with neither, a sample of the training clips,
     which measures only the agreement between the Keras model and its conversions."""
     if len(dataset.test):
-        return dataset.test, "held-out speakers"
+        return dataset.test, HELDOUT_SPEAKERS
     if len(dataset.val):
         return dataset.val, "validation speakers (no held-out speakers)"
     count = min(PARITY_TRAINING_CLIPS, len(dataset.train))
@@ -564,7 +566,7 @@ def _write_outputs(
         "train_speakers": str(dataset.speakers["train"]),
         "val_speakers": str(dataset.speakers["val"]),
         "test_speakers": str(dataset.speakers["test"]),
-        "report_and_parity_clips": judged_name,
+        PARITY_CLIPS_KEY: judged_name,
         "generated_silence": str(dataset.generated_silence).lower(),
         "synthetic_voices": str(options.synthetic_voices),
         "mixup": str(options.mixup),

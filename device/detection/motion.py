@@ -237,7 +237,9 @@ class MotionDetector:
             self._unmasked_pixels = proc_width * proc_height
             self._unmasked_u8 = None
         self._pick_step = _word_pick_step(shape, proc_width)
-        self._picked = np.empty((proc_height, proc_width), dtype=np.uint32)
+        self._picked = (
+            np.empty((proc_height, proc_width), dtype=np.uint32) if self._pick_step else None
+        )
         self._small = np.empty((proc_height, proc_width), dtype=np.uint8)
         self._greys = (
             np.empty((proc_height, proc_width), dtype=np.float32),
