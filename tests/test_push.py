@@ -331,3 +331,22 @@ def test_push_exit_codes(
     with pytest.raises(SystemExit) as exc:
         main(["push", bundle, "--broker", broker])  # neither --device nor --group
     assert exc.value.code == 2
+
+
+def test_a_chunk_paho_refused_is_not_waited_for() -> None:
+    """A publish made just as the connection dropped comes back refused (no
+    connection); the window lets it go instead of raising, and the device asks for that
+    chunk again. A queued, unacknowledged one is still waited for."""
+    import paho.mqtt.client as mqtt
+
+    from training.push import _settled
+
+    refused = mqtt.MQTTMessageInfo(7)
+    refused.rc = mqtt.MQTT_ERR_NO_CONN
+    with pytest.raises(RuntimeError):
+        refused.is_published()  # what the window used to call
+    assert _settled(refused)
+    queued = mqtt.MQTTMessageInfo(8)
+    assert not _settled(queued)
+    queued._set_as_published()
+    assert _settled(queued)
