@@ -8,9 +8,12 @@ runtime, keep the Keras model's F1, and the int8 model must be all Edge TPU ops.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
+from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 
@@ -19,13 +22,19 @@ from converters.model_dir import read_info
 from device.bench_detection import run_detection_bench
 from device.bundle.reader import read_bundle
 from device.cli import main
-from device.detection.detector import Detector
+from device.detection.detector import Detector, crop_region
+from device.detection.motion import GateDecision
 from device.detection.objects import NormBox
 from device.errors import BundleTaskError, ConfigError
+from device.pipelines.detection import DetectionPipeline
+from device.pipelines.detection_config import DetectionPipelineConfig
 from device.preprocessing.image import frame_to_input
+from device.runtime import load_for_manifest
+from device.sources.camera import Frame
 from tests.helpers_detection import SyntheticDetector, synthetic_detector
 from training.datasets.boxes import iter_box_images, scan_box_folder
 from training.evaluate_detection import evaluate_detection_bundle
+from training.synthetic.shapes import Appearance, write_shapes_video
 
 LEVELS = ("float32", "float16", "dynamic", "int8", "edgetpu")
 EDGETPU_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D", "ADD"}
@@ -185,6 +194,57 @@ def test_region_crops_take_the_shape_whole_frames_reach_the_model_in(
     square = centred.region_crop((1280, 720), region)
     assert square is not None
     assert square.x1 - square.x0 == pytest.approx(square.y1 - square.y0, abs=1)
+
+
+@pytest.mark.slow
+def test_a_gated_pipeline_grows_motion_regions_by_the_configured_margin_once(
+    bundles: Path, tmp_path: Path
+) -> None:
+    """The gate grows the moving regions' union by ``region_margin``; the crop the model
+    then sees adds no margin of its own (it used to add another quarter on each side,
+    so a margin of 0.1 became 0.1 + 0.3 and crops came out twice the area asked for)."""
+    bundle_path = bundles / "shapes-int8.ewm"
+    bundle = read_bundle(bundle_path)
+    runtime = load_for_manifest(bundle.manifest, bundle.model_bytes, 1, "off")
+    config = DetectionPipelineConfig.model_validate(
+        {"source": "cam", "model": str(bundle_path), "motion": {"region_margin": 0.1}}
+    )
+    pipeline = DetectionPipeline("shapes", config, bundle, runtime)
+    decisions: list[GateDecision] = []
+    decide = pipeline.gate.decide
+
+    def recorded(*args: Any, **kwargs: Any) -> GateDecision:
+        decisions.append(decide(*args, **kwargs))
+        return decisions[-1]
+
+    pipeline.gate.decide = recorded  # type: ignore[method-assign]
+    size = (512, 384)
+    video = tmp_path / "crossing.avi"
+    write_shapes_video(video, seed=4, size=size, fps=10, script=[Appearance("circle", 1.0, 4.0)],
+                       duration_s=5.0)  # fmt: skip
+    spec = pipeline.detector.spec
+    checked = doubled = 0
+    capture = cv2.VideoCapture(str(video))
+    for index in itertools.count():
+        ok, image = capture.read()
+        if not ok:
+            break
+        pipeline.process(Frame("cam", index, index / 10, image, None, index / 10))
+        decision = decisions[-1]
+        if not decision.run or decision.region is None:
+            continue
+        assert pipeline.last_result is not None
+        expected = crop_region(decision.region, size, (spec.width, spec.height), margin=0.0,
+                               aspect=size[0] / size[1])  # fmt: skip
+        seen = pipeline.last_result.region
+        assert seen == (None if expected is None else expected.normalised(*size)), index
+        twice = crop_region(decision.region, size, (spec.width, spec.height),
+                            aspect=size[0] / size[1])  # fmt: skip
+        checked += 1
+        doubled += twice != expected
+    capture.release()
+    assert checked >= 10, "the crossing gave too few region runs to judge"
+    assert doubled >= checked // 2, "a second margin would not have changed these crops"
 
 
 @pytest.mark.slow

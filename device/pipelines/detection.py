@@ -123,7 +123,12 @@ class DetectionPipeline:
         self.manifest = bundle.manifest
         self.runtime = runtime
         self._check_labels(config)
-        self.detector = Detector(bundle.manifest, runtime, config.thresholds, config.threshold)
+        # The gate's regions already carry the configured ``region_margin``; the
+        # detector adds none of its own (its default margin is for callers handing in
+        # tight boxes), so the model sees the margin the config asks for, once.
+        self.detector = Detector(
+            bundle.manifest, runtime, config.thresholds, config.threshold, region_margin=0.0
+        )
         self.spec: ImagePreprocessing = self.detector.spec
         #: The labels a threshold can be set for (the bundle's, less its background).
         self.labels: tuple[str, ...] = self.detector.object_labels
