@@ -324,10 +324,14 @@ def _cmd_train_detection(args: argparse.Namespace) -> int:
     options = DetectionTrainOptions(
         epochs=args.epochs if _given(args, "epochs") else defaults.epochs,
         seed=args.seed,
-        input_size=args.input_size,
-        color=args.color,
+        input_size=defaults.input_size if args.input_size is None else args.input_size,
+        alpha=defaults.alpha if args.alpha is None else args.alpha,
+        color=args.color or defaults.color,
         batch_size=args.batch_size or defaults.batch_size,
         patience=args.patience if _given(args, "patience") else defaults.patience,
+        warmup_epochs=(
+            defaults.warmup_epochs if args.warmup_epochs is None else args.warmup_epochs
+        ),
         labels=labels,
         version=args.model_version or timestamp_version(),
         **({"name": args.name} if args.name else {}),
@@ -343,7 +347,20 @@ def _cmd_train_detection(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
+#: The image networks' flags and the tasks that take each. argparse accepts every
+#: flag of ``train`` for every task; a flag given to a task that would ignore it is
+#: refused rather than silently dropped.
+_IMAGE_NETWORK_FLAGS: dict[str, tuple[str, ...]] = {
+    "--input-size": ("image-classification", "object-detection"),
+    "--alpha": ("image-classification", "object-detection"),
+    "--color": ("image-classification", "object-detection"),
+    "--warmup-epochs": ("image-classification", "object-detection"),
+    "--pretrained": ("image-classification",),
+    "--blocks": ("image-classification",),
+}
+
+
+def _refuse_foreign_flags(args: argparse.Namespace) -> None:
     shares = (("--val-fraction", args.val_fraction), ("--test-fraction", args.test_fraction))
     given = [flag for flag, value in shares if value is not None]
     if given and args.task != "audio-classification":
@@ -351,6 +368,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
             f"{' and '.join(given)}: only audio-classification takes a split share so far; "
             f"{args.task} splits by its fixed shares (see its docs)"
         )
+    foreign = [
+        flag
+        for flag, tasks in _IMAGE_NETWORK_FLAGS.items()
+        if getattr(args, flag[2:].replace("-", "_")) is not None and args.task not in tasks
+    ]
+    if foreign:
+        raise EdgewatchError(
+            f"{', '.join(foreign)}: {args.task} does not take "
+            f"{'this option' if len(foreign) == 1 else 'these options'} (they shape the "
+            "image networks); leave them out, or see `edgewatch train --help`"
+        )
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    _refuse_foreign_flags(args)
     if args.task == "object-detection":
         return _cmd_train_detection(args)
     if args.task == "audio-classification":
@@ -373,14 +405,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     options = ImageTrainOptions(
         epochs=args.epochs,
         seed=args.seed,
-        input_size=args.input_size,
-        alpha=args.alpha,
-        color=args.color,
+        input_size=96 if args.input_size is None else args.input_size,
+        alpha=0.5 if args.alpha is None else args.alpha,
+        color=args.color or "rgb",
         pretrained=args.pretrained,
         batch_size=args.batch_size or 32,
-        blocks=args.blocks,
+        blocks=10 if args.blocks is None else args.blocks,
         patience=args.patience,
-        warmup_epochs=args.warmup_epochs,
+        warmup_epochs=3 if args.warmup_epochs is None else args.warmup_epochs,
         version=args.model_version or timestamp_version(),
         **({"name": args.name} if args.name else {}),
     )
@@ -621,24 +653,30 @@ def build_parser() -> argparse.ArgumentParser:
         "stopping usually ends sooner)",
     )  # fmt: skip
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--input-size", type=int, default=96,
-                       help="square input side in pixels (detection: a multiple of 8)")  # fmt: skip
-    train.add_argument("--alpha", type=float, default=0.5, help="width multiplier")
-    train.add_argument("--color", choices=["rgb", "grey"], default="rgb")
+    train.add_argument("--input-size", type=int, default=None,
+                       help="images: square input side in pixels (default 96; detection: a "
+                       "multiple of 8)")  # fmt: skip
+    train.add_argument("--alpha", type=float, default=None,
+                       help="images: width multiplier (default 0.5; detection 1.0)")  # fmt: skip
+    train.add_argument("--color", choices=["rgb", "grey"], default=None,
+                       help="images: colour or grey input (default rgb)")  # fmt: skip
     train.add_argument("--batch-size", type=int, default=None,
                        help="default 32 for images, 256 for logs, 64 for audio")  # fmt: skip
-    train.add_argument("--pretrained", choices=["imagenet"], default=None)
+    train.add_argument("--pretrained", choices=["imagenet"], default=None,
+                       help="image classification: start from ImageNet weights")  # fmt: skip
     train.add_argument(
-        "--blocks", type=int, default=10, help="separable blocks (fewer for small inputs)"
-    )
+        "--blocks", type=int, default=None,
+        help="image classification: separable blocks (default 10; fewer for small inputs)",
+    )  # fmt: skip
     train.add_argument(
         "--patience", type=int, default=5, action=_ExplicitInt,
         help="epochs without improvement before stopping (default 5; 20 for detection, "
         "which watches validation F1)",
     )  # fmt: skip
     train.add_argument(
-        "--warmup-epochs", type=int, default=3, help="epochs before early stopping watches"
-    )
+        "--warmup-epochs", type=int, default=None,
+        help="images: epochs before early stopping watches (default 3; 5 for detection)",
+    )  # fmt: skip
     train.add_argument("--name", help="model name (default: the data folder's name)")
     train.add_argument(
         "--model-version",

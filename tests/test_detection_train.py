@@ -133,12 +133,13 @@ def test_cli_trains_and_evaluates_a_detector(
     write_detection_folder(data, 30, seed=8, size=(64, 64))
     code = main(["train", "object-detection", str(data), "--out", str(tmp_path / "model"),
                  "--epochs", "2", "--input-size", "32", "--seed", "1", "--name", "cli-det",
-                 "--labels", "circle,square,triangle"])  # fmt: skip
+                 "--labels", "circle,square,triangle", "--alpha", "0.35"])  # fmt: skip
     assert code == 0
     assert "F1" in capsys.readouterr().out
     info = read_info(tmp_path / "model")
     assert info.name == "cli-det" and info.provenance["epochs_run"] == "2"
     assert info.preprocessing.width == 32
+    assert info.provenance["alpha"] == "0.35"  # it used to be dropped for detection
 
     code = main(["evaluate", str(detector_int8), str(detector.unseen_dir), "--json"])
     assert code == 0
@@ -160,6 +161,26 @@ def test_cli_names_the_row_of_an_unknown_class(
     error = capsys.readouterr().err
     assert f"boxes.csv line {row + 1}: unknown class 'circle'" in error
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_refuses_image_network_flags_a_task_would_ignore(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """argparse takes every train flag for every task; one the task would drop is an
+    error naming it, before any data is read."""
+    out = tmp_path / "o"
+    cases = [
+        (["object-detection", "--blocks", "6"], "--blocks: object-detection"),
+        (["object-detection", "--pretrained", "imagenet"], "--pretrained: object-detection"),
+        (["audio-classification", "--alpha", "0.5", "--color", "grey"],
+         "--alpha, --color: audio-classification"),
+        (["sensor-anomaly", "--input-size", "64"], "--input-size: sensor-anomaly"),
+    ]  # fmt: skip
+    for (task, *flags), message in cases:
+        code = main(["train", task, str(tmp_path / "missing"), "--out", str(out), *flags])
+        assert code == 2, flags
+        assert message in capsys.readouterr().err
+        assert not out.exists()
 
 
 def test_cli_refuses_an_input_size_off_the_grid(
