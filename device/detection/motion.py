@@ -409,6 +409,11 @@ class GateDecision:
     motion: MotionResult | None
 
 
+#: The decision for a frame skipped without a motion check (most frames of an idle
+#: camera): made once, as it never differs.
+_SKIPPED_UNCHECKED = GateDecision(False, "still", None, None)
+
+
 @dataclass(frozen=True)
 class GateStats:
     """Counts since the gate was made, for the stats topic."""
@@ -528,7 +533,7 @@ class MotionGate:
             return self._run("keepalive", None, None, captured_at)
         self._counts["still"] += 1
         self._unchecked += 1
-        return GateDecision(False, "still", None, None)
+        return _SKIPPED_UNCHECKED
 
     def decide_motion(
         self, motion: MotionResult | None, captured_at: float, *, tracking: bool = False
