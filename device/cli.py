@@ -402,17 +402,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from training.train_image import ImageTrainOptions, train_image_classifier
     from training.versioning import timestamp_version
 
+    defaults = ImageTrainOptions()
     options = ImageTrainOptions(
         epochs=args.epochs,
         seed=args.seed,
-        input_size=96 if args.input_size is None else args.input_size,
-        alpha=0.5 if args.alpha is None else args.alpha,
-        color=args.color or "rgb",
+        input_size=defaults.input_size if args.input_size is None else args.input_size,
+        alpha=defaults.alpha if args.alpha is None else args.alpha,
+        color=args.color or defaults.color,
         pretrained=args.pretrained,
-        batch_size=args.batch_size or 32,
-        blocks=10 if args.blocks is None else args.blocks,
+        batch_size=args.batch_size or defaults.batch_size,
+        blocks=defaults.blocks if args.blocks is None else args.blocks,
         patience=args.patience,
-        warmup_epochs=3 if args.warmup_epochs is None else args.warmup_epochs,
+        warmup_epochs=defaults.warmup_epochs if args.warmup_epochs is None else args.warmup_epochs,
         version=args.model_version or timestamp_version(),
         **({"name": args.name} if args.name else {}),
     )

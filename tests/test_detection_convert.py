@@ -202,7 +202,7 @@ def test_a_gated_pipeline_grows_motion_regions_by_the_configured_margin_once(
 ) -> None:
     """The gate grows the moving regions' union by ``region_margin``; the crop the model
     then sees adds no margin of its own (it used to add another quarter on each side,
-    so a margin of 0.1 became 0.1 + 0.3 and crops came out twice the area asked for)."""
+    so a margin of 0.1 became 0.1 + 0.3 and crops over twice the area asked for)."""
     bundle_path = bundles / "shapes-int8.ewm"
     bundle = read_bundle(bundle_path)
     runtime = load_for_manifest(bundle.manifest, bundle.model_bytes, 1, "off")
