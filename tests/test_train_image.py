@@ -213,3 +213,21 @@ def test_pretrained_rejects_unsupported_settings() -> None:
 
     with pytest.raises(EdgewatchError, match=r"alpha 0\.25"):
         MobileNetSpec(num_classes=2, input_size=96, alpha=0.25, pretrained="imagenet")
+
+
+@pytest.mark.slow
+def test_cli_passes_given_flags_and_the_options_defaults(shapes_dir: Path, tmp_path: Path) -> None:
+    """`edgewatch train image-classification`: the flags given reach the options, and
+    those left out take ImageTrainOptions' defaults (the CLI restates none)."""
+    from device.cli import main
+
+    out = tmp_path / "model"
+    code = main(["train", "image-classification", str(shapes_dir), "--out", str(out),
+                 "--epochs", "1", "--input-size", "32", "--blocks", "5", "--color", "grey",
+                 "--model-version", "1"])  # fmt: skip
+    assert code == 0
+    info = read_info(out)
+    defaults = ImageTrainOptions()
+    assert info.preprocessing.width == 32 and info.preprocessing.color == "grey"
+    assert info.provenance["alpha"] == str(defaults.alpha)
+    assert info.provenance["blocks"] == "5"
