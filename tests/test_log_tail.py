@@ -269,7 +269,11 @@ def test_copytruncate_at_full_speed_sees_every_surviving_line_exactly_once(
     mid_file = flagged.keys() - fragments
     assert not mid_file, f"lines flagged partial in the middle of a file: {sorted(mid_file)[:3]}"
     assert stats.partial_lines == sum(flagged.values())
-    assert stats.truncations >= 6
+    # Truncating a file that is already empty (the writer stalled for the whole 60 ms
+    # on a busy machine: CI caught one) changes nothing anyone can see, and loses nothing.
+    visible = sum(1 for copy in copies if copy.stat().st_size > 0)
+    assert visible >= 3, "the writer wrote too little to test anything"
+    assert stats.truncations >= visible
     lost = written - len(set(seen) - torn)
     print(
         f"copytruncate: {written} written, {lost} lost in the copy/truncate windows, "
