@@ -115,9 +115,9 @@ class _Pass:
         self.done = False
 
     def step(self, count: int) -> None:
-        """The next ``count`` frames (fewer at the end of the video)."""
+        """The next ``count`` frames (fewer at the end of the video; none after it)."""
         pipeline = self.pipeline
-        for _ in range(count):
+        for _ in range(0 if self.done else count):
             image = next(self._frames, None)
             if image is None:
                 self.done = True
