@@ -10,6 +10,7 @@ import hashlib
 from datetime import datetime, timezone
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 from pydantic import ValidationError
@@ -182,15 +183,49 @@ def test_a_small_region_grows_to_the_minimum_and_the_model_aspect() -> None:
 
 
 def test_a_crop_may_take_the_frames_aspect_instead_of_the_models() -> None:
-    """A stretch model saw whole 4:3 frames squeezed into its square input: a 4:3 crop
-    squeezes objects the same way (a square crop would show them 4/3 wider)."""
-    crop = crop_region(NormBox(0.45, 0.45, 0.5, 0.5), (640, 480), (96, 96), aspect=640 / 480)
+    """A stretch model saw whole 16:9 frames squeezed into its square input: a 16:9 crop
+    squeezes objects the same way (a square crop would show them 16/9 wider)."""
+    crop = crop_region(NormBox(0.45, 0.45, 0.5, 0.5), (1280, 720), (96, 96), aspect=1280 / 720)
     assert crop is not None
-    assert (crop.x1 - crop.x0, crop.y1 - crop.y0) == (320, 240)
+    assert (crop.x1 - crop.x0, crop.y1 - crop.y0) == (640, 360)
     tall = crop_region(NormBox(0.45, 0.1, 0.5, 0.6), (640, 480), (96, 96), aspect=640 / 480)
     assert tall is not None
     assert (tall.x1 - tall.x0) / (tall.y1 - tall.y0) == pytest.approx(4 / 3, rel=0.01)
     assert tall.y0 <= 0.1 * 480 and tall.y1 >= 0.6 * 480
+
+
+def test_a_small_crop_grows_to_whole_multiples_of_the_input_where_that_is_cheaper() -> None:
+    """640x480 and a 96x96 stretch model: the minimum crop (320x240) becomes 384x288,
+    four by three input sizes, with the frame's aspect still; where the next multiple
+    is over half as large again, or outside the frame, the crop stays as it was."""
+    small = crop_region(NormBox(0.45, 0.45, 0.5, 0.5), (640, 480), (96, 96), aspect=4 / 3)
+    assert small is not None
+    assert (small.x1 - small.x0, small.y1 - small.y0) == (384, 288)
+    assert (small.x0 + small.x1) / 2 == pytest.approx(0.475 * 640, abs=1)
+    # A square model's crops: multiples of 96 on both sides.
+    square = crop_region(NormBox(0.45, 0.45, 0.5, 0.5), (640, 480), (96, 96))
+    assert square is not None
+    assert (square.x1 - square.x0, square.y1 - square.y0) == (384, 384)
+    # 400x300 needed: the next multiple (768x576) does not fit the frame.
+    larger = crop_region(NormBox(0.2, 0.2, 0.825, 0.825), (640, 480), (96, 96), aspect=4 / 3,
+                         margin=0.0)  # fmt: skip
+    assert larger is not None
+    assert (larger.x1 - larger.x0, larger.y1 - larger.y0) == (400, 300)
+    # 1080p: 1536x864 is the first multiple with the frame's aspect, 2.6 times the
+    # 960x540 needed.
+    full_hd = crop_region(NormBox(0.45, 0.45, 0.5, 0.5), (1920, 1080), (96, 96), aspect=16 / 9)
+    assert full_hd is not None
+    assert (full_hd.x1 - full_hd.x0, full_hd.y1 - full_hd.y0) == (960, 540)
+
+
+def test_a_whole_multiple_crop_resizes_to_the_average_of_each_block() -> None:
+    """What makes the whole-multiple crop worth having: the area resize of a 384x288
+    crop to 96x96 is each 4x3 block's mean, the filter whole frames get."""
+    rng = np.random.default_rng(1)
+    crop = rng.integers(0, 256, (288, 384, 3), dtype=np.uint8)
+    resized = cv2.resize(crop, (96, 96), interpolation=cv2.INTER_AREA).astype(float)
+    means = crop.reshape(96, 3, 96, 4, 3).astype(float).mean(axis=(1, 3))
+    assert np.abs(resized - means).max() <= 0.5
 
 
 def test_a_region_at_the_edge_is_shifted_inside_the_frame() -> None:

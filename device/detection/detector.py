@@ -12,17 +12,20 @@ moved. The model then runs on a crop around it, grown to a minimum share of the 
 sizes it knows) and to the shape whole frames reach the model in, so that objects are
 distorted on their way to the input exactly as in training: the frame's own aspect
 ratio for a ``stretch`` model (trained on whole images stretched to its input), the
-model's for a ``center-crop`` one. The objects are then mapped back to full-frame
-coordinates. A crop that would cover nearly the whole frame is skipped in favour of
-the frame itself.
+model's for a ``center-crop`` one. Where the frame allows, a small crop is grown on to
+whole multiples of the input's size, which the resize handles more cheaply (see
+``_whole_multiple``). The objects are then mapped back to full-frame coordinates. A
+crop that would cover nearly the whole frame is skipped in favour of the frame itself.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -48,6 +51,10 @@ MIN_REGION_FRACTION = 0.5
 REGION_MARGIN = 0.25
 #: A crop covering at least this share of the frame's area is replaced by the frame.
 FULL_FRAME_AREA = 0.85
+#: A crop is grown to whole multiples of the input's size only while that adds at most
+#: this share of its area: beyond it, the cheaper resize no longer pays for the extra
+#: pixels (see ``_whole_multiple``).
+WHOLE_MULTIPLE_GROWTH = 1.5
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,6 +113,9 @@ def crop_region(
         crop_w = crop_h * aspect
     else:
         crop_h = crop_w / aspect
+    multiple = _whole_multiple((crop_w, crop_h), frame_size, input_size, aspect)
+    if multiple is not None:
+        crop_w, crop_h = multiple
     crop_w, crop_h = min(crop_w, float(width)), min(crop_h, float(height))
     if crop_w * crop_h >= FULL_FRAME_AREA * width * height:
         return None
@@ -117,6 +127,37 @@ def crop_region(
     right = min(width, max(left + 1, round(x0 + crop_w)))
     bottom = min(height, max(top + 1, round(y0 + crop_h)))
     return PixelRegion(left, top, right, bottom)
+
+
+def _whole_multiple(
+    need: tuple[float, float],
+    frame_size: tuple[int, int],
+    input_size: tuple[int, int],
+    aspect: float,
+) -> tuple[float, float] | None:
+    """The smallest crop of at least ``need`` (width, height) whose sides are whole
+    multiples of the input's and whose aspect is exactly ``aspect``, if the frame holds
+    one and it is at most WHOLE_MULTIPLE_GROWTH times ``need``'s area (640x480 frames
+    and a 96x96 stretch model: 384x288 for anything up to that size).
+
+    OpenCV's area resize averages whole blocks of pixels when both factors are whole
+    numbers, and that path costs under half as much per source pixel as the general
+    one (a 384x288 crop to 96x96 took two thirds of the time of a 320x240 one). Both
+    are the same filter, the pixels' average over each output pixel's area, so the
+    model sees the kind of picture it always sees.
+    """
+    ratio = Fraction(aspect).limit_denominator(1000)
+    input_w, input_h = input_size
+    # Blocks across per block down, for the crop's aspect to be exactly ``aspect``.
+    blocks = Fraction(input_h * ratio.numerator, input_w * ratio.denominator)
+    unit_w, unit_h = blocks.numerator * input_w, blocks.denominator * input_h
+    times = max(1, math.ceil(need[0] / unit_w - 1e-9), math.ceil(need[1] / unit_h - 1e-9))
+    width, height = times * unit_w, times * unit_h
+    if width > frame_size[0] or height > frame_size[1]:
+        return None
+    if width * height > WHOLE_MULTIPLE_GROWTH * need[0] * need[1]:
+        return None
+    return float(width), float(height)
 
 
 def to_frame(obj: DetectedObject, region: NormBox) -> DetectedObject:
