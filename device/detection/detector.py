@@ -20,6 +20,7 @@ crop that would cover nearly the whole frame is skipped in favour of the frame i
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -146,11 +147,7 @@ def _whole_multiple(
     are the same filter, the pixels' average over each output pixel's area, so the
     model sees the kind of picture it always sees.
     """
-    ratio = Fraction(aspect).limit_denominator(1000)
-    input_w, input_h = input_size
-    # Blocks across per block down, for the crop's aspect to be exactly ``aspect``.
-    blocks = Fraction(input_h * ratio.numerator, input_w * ratio.denominator)
-    unit_w, unit_h = blocks.numerator * input_w, blocks.denominator * input_h
+    unit_w, unit_h = _multiple_unit(aspect, input_size)
     times = max(1, math.ceil(need[0] / unit_w - 1e-9), math.ceil(need[1] / unit_h - 1e-9))
     width, height = times * unit_w, times * unit_h
     if width > frame_size[0] or height > frame_size[1]:
@@ -158,6 +155,19 @@ def _whole_multiple(
     if width * height > WHOLE_MULTIPLE_GROWTH * need[0] * need[1]:
         return None
     return float(width), float(height)
+
+
+@functools.cache
+def _multiple_unit(aspect: float, input_size: tuple[int, int]) -> tuple[int, int]:
+    """The smallest crop size whose sides are whole multiples of ``input_size``'s and
+    whose aspect is ``aspect`` (as a fraction of small whole numbers). Cached: the
+    fractions cost more than the rest of a crop's arithmetic, and a stream asks with
+    the same frame and input size every time."""
+    ratio = Fraction(aspect).limit_denominator(1000)
+    input_w, input_h = input_size
+    # Blocks across per block down, for the crop's aspect to be exactly ``aspect``.
+    blocks = Fraction(input_h * ratio.numerator, input_w * ratio.denominator)
+    return blocks.numerator * input_w, blocks.denominator * input_h
 
 
 def to_frame(obj: DetectedObject, region: NormBox) -> DetectedObject:

@@ -8,9 +8,11 @@ Pi; the ratio of two paths measured together does.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
+import cv2
 import pytest
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,21 @@ def report(title: str, lines: Sequence[str], verdict: str) -> None:
     rule = "-" * 78
     body = "\n".join(f"  {line}" for line in lines)
     print(f"\n{rule}\n{title}\n{rule}\n{body}\n  => {verdict}\n{rule}")
+
+
+def decoded_frames(video: Path) -> Iterator[Any]:
+    """The video's frames, each decoded when asked for, as a camera delivers them: a
+    frame read back from a list of a minute's worth is long out of every cache, and
+    each pass over it a trip to main memory that a daemon never pays."""
+    capture = cv2.VideoCapture(str(video))
+    try:
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                return
+            yield frame
+    finally:
+        capture.release()
 
 
 @pytest.fixture(scope="session")

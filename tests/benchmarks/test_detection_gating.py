@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import cv2
 import pytest
@@ -43,7 +41,7 @@ from device.pipelines.detection_config import DetectionPipelineConfig
 from device.pipelines.lifecycle import Transition
 from device.runtime import load_for_manifest
 from device.sources.camera import Frame
-from tests.benchmarks.conftest import report
+from tests.benchmarks.conftest import decoded_frames, report
 from training.synthetic.shapes import Appearance, write_shapes_video
 
 TARGET_CPU_RATIO = 0.15
@@ -85,18 +83,6 @@ def still_scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _frames(video: Path) -> Iterator[Any]:
-    capture = cv2.VideoCapture(str(video))
-    try:
-        while True:
-            ok, frame = capture.read()
-            if not ok:
-                return
-            yield frame
-    finally:
-        capture.release()
-
-
 class _Pass:
     """One pipeline's pass over the video, a few frames at a time, on its own decoder:
     the CPU of its whole per-frame work, its frames and the events it made."""
@@ -108,7 +94,7 @@ class _Pass:
             {"source": "cam", "model": str(bundle_path), "motion": {"enabled": gated}}
         )
         self.pipeline = DetectionPipeline("bench", config, bundle, runtime)
-        self._frames = _frames(video)
+        self._frames = decoded_frames(video)
         self.cpu = 0.0
         self.frames = 0
         self.transitions: list[Transition] = []

@@ -10,19 +10,23 @@ Measured side by side in one run:
     of the Pi-sized model's path on every frame against the gate on every frame plus
     the model's path on the frames the gate lets through (keep-alives included), and
     the frames the model saw the shape in, both ways: gating must not lose an object.
-    Ungated and gated runs alternate three times; each side's least CPU is its cost.
+    As in the detection pipeline's benchmark, each frame is decoded just before it is
+    processed (as from a camera), the two sides take turns every 2 s of video on
+    decoders of their own, and the figure is the median of five such passes.
 
 The model here is a classifier run on the whole frame (the detector of the detection
 pipeline is measured by its own benchmark); a classifier still shows what the gate
 saves, since the model's path is the same work whatever its head.
 
 Targets. The issue's (gated CPU at most 15 % of ungated, nothing missed) is for the
-detection pipeline on a Pi; it is reported here, and met when the gate's own cost is
-small next to the model's path. On an x86 box where a Pi-sized model's whole path
-costs a millisecond or two, the gate's per-frame cost is a floor under that ratio, so
-what is asserted is what the gate controls: the shape is found gated as well as
-ungated, the model runs on at most 20 % of the frames of this scene, and the gate
-costs at most a quarter of the model's path per frame.
+detection pipeline, measured by test_detection_gating.py; the classifier's ratio is
+printed beside it. A classifier runs on whole frames, so each frame it must see (a
+tenth of this scene's) costs what an ungated frame costs, and the gate's per-frame
+cost comes on top: its floor here is about 0.14 on an x86 box where a Pi-sized
+model's whole path costs a millisecond or two. What is asserted is what the gate
+controls: the shape is found gated as well as ungated, the model runs on at most
+20 % of the frames of this scene, and the gate costs at most a quarter of the
+model's path per frame.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ import pytest
 from device.bundle.reader import read_bundle
 from device.config import ClassificationPipeline as PipelineConfig
 from device.detection.config import MotionSection, TrackerSection, ZoneSection
-from device.detection.motion import GateStats, MotionGate
+from device.detection.motion import MotionGate
 from device.detection.objects import DetectedObject, NormBox
 from device.detection.snapshot import encode_snapshot
 from device.detection.tracker import ObjectTracker
@@ -47,7 +51,7 @@ from device.detection.zones import Areas
 from device.pipelines.classification import ClassificationPipeline
 from device.runtime import load_for_manifest
 from device.sources.camera import Frame
-from tests.benchmarks.conftest import report
+from tests.benchmarks.conftest import decoded_frames, report
 from training.synthetic.shapes import Appearance, write_shapes_video
 
 TARGET_CPU_RATIO = 0.15
@@ -58,21 +62,21 @@ FPS = 10.0
 DURATION_S = 60.0
 SHAPE = Appearance("circle", 30.0, 35.0)
 THREADS = 2
-ROUNDS = 3
+ROUNDS = 5
+#: Frames each side processes before the other takes its turn (2 s of video).
+CHUNK_FRAMES = 20
 
 
 @pytest.fixture(scope="module")
-def static_scene(tmp_path_factory: pytest.TempPathFactory) -> list[Any]:
+def scene_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("gating") / "mostly-static.avi"
     write_shapes_video(path, seed=21, size=SIZE, fps=FPS, script=[SHAPE], duration_s=DURATION_S)
-    capture = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(frame)
-    capture.release()
+    return path
+
+
+@pytest.fixture(scope="module")
+def static_scene(scene_video: Path) -> list[Any]:
+    frames = list(decoded_frames(scene_video))
     assert len(frames) == round(DURATION_S * FPS)
     return frames
 
@@ -97,34 +101,50 @@ def _seen(pipeline: ClassificationPipeline, frame: Frame) -> bool:
     return result.top_label == SHAPE.label and result.top_score >= 0.5
 
 
-def _ungated(pi: ClassificationPipeline, frames: list[Any]) -> tuple[float, set[int]]:
-    """CPU seconds of the model's path on every frame, and the frames it saw the shape in."""
-    cpu = time.process_time()
-    seen = set()
-    for index, image in enumerate(frames):
-        if _seen(pi, Frame("cam", index, index / FPS, image, None, index / FPS)):
-            seen.add(index)
-    return time.process_time() - cpu, seen
+class _Pass:
+    """One side's pass over the video, a few frames at a time, on its own decoder: the
+    CPU of the model's path (and of the gate, gated) on each frame, and the frames the
+    model saw the shape in."""
+
+    def __init__(self, pipeline: ClassificationPipeline, video: Path, gated: bool) -> None:
+        self.pipeline = pipeline
+        self.gate = MotionGate(MotionSection()) if gated else None
+        self._frames = decoded_frames(video)
+        self.cpu = 0.0
+        self.frames = 0
+        self.seen: set[int] = set()
+        self.done = False
+
+    def step(self, count: int) -> None:
+        """The next ``count`` frames (fewer at the end of the video; none after it)."""
+        for _ in range(0 if self.done else count):
+            image = next(self._frames, None)
+            if image is None:
+                self.done = True
+                return
+            index, at = self.frames, self.frames / FPS
+            started = time.process_time()
+            # A classifier follows no objects: the gate's idle rate applies whenever
+            # nothing moved at its last check.
+            looks = self.gate is None or self.gate.decide(image, at, idle=True).run
+            if looks and _seen(self.pipeline, Frame("cam", index, at, image, None, at)):
+                self.seen.add(index)
+            self.cpu += time.process_time() - started
+            self.frames += 1
 
 
-def _gated(
-    pi: ClassificationPipeline, frames: list[Any]
-) -> tuple[float, set[int], GateStats, MotionGate]:
-    """The same with a fresh motion gate in front of the model."""
-    gate = MotionGate(MotionSection())
-    cpu = time.process_time()
-    seen = set()
-    for index, image in enumerate(frames):
-        # A classifier follows no objects: the gate's idle rate applies whenever
-        # nothing moved at its last check.
-        decision = gate.decide(image, index / FPS, idle=True)
-        if decision.run and _seen(pi, Frame("cam", index, index / FPS, image, None, index / FPS)):
-            seen.add(index)
-    return time.process_time() - cpu, seen, gate.stats(), gate
+def _side_by_side(pipeline: ClassificationPipeline, video: Path) -> tuple[_Pass, _Pass]:
+    """An ungated and a gated pass, taking turns every CHUNK_FRAMES (each meets the
+    same drift of a shared machine's speed)."""
+    ungated, gated = _Pass(pipeline, video, False), _Pass(pipeline, video, True)
+    while not (ungated.done and gated.done):
+        ungated.step(CHUNK_FRAMES)
+        gated.step(CHUNK_FRAMES)
+    return ungated, gated
 
 
 def test_motion_gating_costs_little_and_saves_most(
-    static_scene: list[Any], demo_bundle: Path, pi_int8_bundle: Path
+    static_scene: list[Any], scene_video: Path, demo_bundle: Path, pi_int8_bundle: Path
 ) -> None:
     cv2.setNumThreads(1)  # as in the daemon
     frames = static_scene
@@ -145,16 +165,17 @@ def test_motion_gating_costs_little_and_saves_most(
     gate_p50 = statistics.median(gate_us)
     gate_p99 = float(np.percentile(gate_us, 99))
 
-    # (b) CPU time ungated vs gated, and what the model saw; the two alternate ROUNDS
-    # times and each side's least CPU is its cost (other jobs only ever add to it)
-    ungated_runs, gated_runs = [], []
-    for _ in range(ROUNDS):
-        ungated_runs.append(_ungated(pi, frames))
-        gated_runs.append(_gated(pi, frames))
-    ungated_cpu, ungated_seen = min(ungated_runs, key=lambda run: run[0])
-    gated_cpu, gated_seen, stats, gate = min(gated_runs, key=lambda run: run[0])
-    ratio = gated_cpu / ungated_cpu
-    rounds = [round(g[0] / u[0], 3) for u, g in zip(ungated_runs, gated_runs, strict=True)]
+    # (b) CPU time ungated vs gated, and what the model saw (see the module's notes)
+    passes = [_side_by_side(pi, scene_video) for _ in range(ROUNDS)]
+    rounds = [gated.cpu / ungated.cpu for ungated, gated in passes]
+    ratio = statistics.median(rounds)
+    ungated, gated = passes[rounds.index(ratio)]
+    assert ungated.frames == gated.frames == len(frames)
+    ungated_cpu, ungated_seen = ungated.cpu, ungated.seen
+    gated_cpu, gated_seen = gated.cpu, gated.seen
+    assert gated.gate is not None
+    gate = gated.gate
+    stats = gate.stats()
 
     report(
         "Motion gating: cost per frame, and CPU saved on a mostly static scene",
@@ -170,15 +191,18 @@ def test_motion_gating_costs_little_and_saves_most(
             f"gate: model ran on {stats.inferred} frames (motion {stats.motion}, keep-alive "
             f"{stats.keepalive}), skipped {stats.gated} ({stats.unchecked} of them without "
             f"a motion check: idle rate {gate.config.idle_fps:g}/s)",
-            f"CPU (least of {ROUNDS} alternating runs each): ungated {ungated_cpu:.2f} s, "
-            f"gated {gated_cpu:.2f} s, ratio {ratio:.3f} (each round: {rounds})",
+            f"CPU (the median of {ROUNDS} side-by-side passes): ungated {ungated_cpu:.2f} s, "
+            f"gated {gated_cpu:.2f} s, ratio {ratio:.3f} "
+            f"(each pass: {[round(r, 3) for r in rounds]})",
             f"frames the model saw the {SHAPE.label} in: ungated {len(ungated_seen)}, "
             f"gated {len(gated_seen)} (the gated run's are a subset: "
             f"{gated_seen <= ungated_seen})",
         ],
-        f"issue target (gated CPU <= {TARGET_CPU_RATIO} of ungated, nothing missed): "
-        f"{'met' if ratio <= TARGET_CPU_RATIO and gated_seen else 'not met on this machine'}"
-        f"; the gate's own floor {gate_cpu_us / 1000 / pi_ms:.3f}",
+        f"against the issue's {TARGET_CPU_RATIO} (set for the detection pipeline: "
+        f"test_detection_gating.py): {'within' if ratio <= TARGET_CPU_RATIO else 'above'}, "
+        f"the shape found gated: {bool(gated_seen)}; a whole-frame "
+        f"classifier's floor here is {stats.inferred / len(frames):.3f} (the frames it must "
+        f"see) + {gate_cpu_us / 1000 / pi_ms:.3f} (the gate)",
     )
     assert ungated_seen, "the Pi-sized model never recognised the shape; nothing to compare"
     assert gated_seen, "gating lost the only object the ungated run found"
