@@ -8,9 +8,10 @@ Pi; the ratio of two paths measured together does.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+import statistics
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import cv2
 import pytest
@@ -43,6 +44,41 @@ def decoded_frames(video: Path) -> Iterator[Any]:
             yield frame
     finally:
         capture.release()
+
+
+class Pass(Protocol):
+    """One side of a side-by-side comparison: a pass over a video, a few frames at a
+    time, with the CPU it took."""
+
+    done: bool
+    cpu: float
+
+    def step(self, count: int) -> None: ...
+
+
+PassT = TypeVar("PassT", bound=Pass)
+
+
+def take_turns(first: PassT, second: PassT, chunk_frames: int) -> tuple[PassT, PassT]:
+    """Run two passes over the same video, ``chunk_frames`` frames each in turn, to the
+    end: a shared machine's speed drifts over seconds, and each side then meets the
+    same drift (both go over the same part of the video within a fraction of a second).
+    """
+    while not (first.done and second.done):
+        first.step(chunk_frames)
+        second.step(chunk_frames)
+    return first, second
+
+
+def median_pass(
+    make: Callable[[], tuple[PassT, PassT]], rounds: int
+) -> tuple[float, list[float], tuple[PassT, PassT]]:
+    """``rounds`` (odd) side-by-side pairs from ``make``: the median of their second /
+    first CPU ratios, every ratio, and the pair that gave the median."""
+    pairs = [make() for _ in range(rounds)]
+    ratios = [second.cpu / first.cpu for first, second in pairs]
+    ratio = statistics.median(ratios)
+    return ratio, ratios, pairs[ratios.index(ratio)]
 
 
 @pytest.fixture(scope="session")

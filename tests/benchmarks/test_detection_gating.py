@@ -28,7 +28,6 @@ remaining few hundredths.
 
 from __future__ import annotations
 
-import statistics
 import time
 from pathlib import Path
 
@@ -41,7 +40,7 @@ from device.pipelines.detection_config import DetectionPipelineConfig
 from device.pipelines.lifecycle import Transition
 from device.runtime import load_for_manifest
 from device.sources.camera import Frame
-from tests.benchmarks.conftest import decoded_frames, report
+from tests.benchmarks.conftest import decoded_frames, median_pass, report, take_turns
 from training.synthetic.shapes import Appearance, write_shapes_video
 
 TARGET_CPU_RATIO = 0.15
@@ -117,17 +116,6 @@ class _Pass:
             self.frames += 1
 
 
-def _side_by_side(bundle_path: Path, video: Path) -> tuple[_Pass, _Pass]:
-    """An ungated and a gated pass over the video, taking turns every CHUNK_FRAMES:
-    a shared machine's speed drifts over seconds, and each side then meets the same
-    drift (both pass over the same part of the video within a fraction of a second)."""
-    ungated, gated = _Pass(bundle_path, video, False), _Pass(bundle_path, video, True)
-    while not (ungated.done and gated.done):
-        ungated.step(CHUNK_FRAMES)
-        gated.step(CHUNK_FRAMES)
-    return ungated, gated
-
-
 def _spans(transitions: list[Transition]) -> list[tuple[str, float, float]]:
     """(label, first seen, end) of each event."""
     return [
@@ -137,10 +125,12 @@ def _spans(transitions: list[Transition]) -> list[tuple[str, float, float]]:
 
 def test_motion_gating_saves_most_of_the_detectors_cpu(detector: Path, still_scene: Path) -> None:
     cv2.setNumThreads(1)  # as in the daemon
-    passes = [_side_by_side(detector, still_scene) for _ in range(ROUNDS)]
-    rounds = [gated.cpu / ungated.cpu for ungated, gated in passes]
-    ratio = statistics.median(rounds)
-    ungated, gated = passes[rounds.index(ratio)]
+    ratio, rounds, (ungated, gated) = median_pass(
+        lambda: take_turns(
+            _Pass(detector, still_scene, False), _Pass(detector, still_scene, True), CHUNK_FRAMES
+        ),
+        ROUNDS,
+    )
     frames = ungated.frames
     assert frames == gated.frames == round(DURATION_S * FPS)
     ungated_cpu, gated_cpu = ungated.cpu, gated.cpu
