@@ -22,7 +22,7 @@ from converters.model_dir import read_info
 from device.bench_detection import run_detection_bench
 from device.bundle.reader import read_bundle
 from device.cli import main
-from device.detection.detector import Detector, crop_region
+from device.detection.detector import Detector, crop_region, halve_large
 from device.detection.motion import GateDecision
 from device.detection.objects import NormBox
 from device.errors import BundleTaskError, ConfigError
@@ -194,6 +194,27 @@ def test_region_crops_take_the_shape_whole_frames_reach_the_model_in(
     square = centred.region_crop((1280, 720), region)
     assert square is not None
     assert square.x1 - square.x0 == pytest.approx(square.y1 - square.y0, abs=1)
+
+
+@pytest.mark.slow
+def test_a_large_crop_reaches_the_model_halved_by_2x2_blocks(int8_detector: Detector) -> None:
+    """A region whose crop is over three input sizes on both sides, and no whole
+    multiple of them: the model gets the crop averaged over 2x2 blocks, then resized,
+    and the objects are placed back in the frame through the crop's full extent."""
+    rng = np.random.default_rng(8)
+    frame = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    cv2.circle(frame, (300, 250), 60, (20, 200, 240), -1)
+    region = NormBox(0.3, 0.3, 0.695, 0.695)  # about 253x190 pixels, 380x286 with margins
+    crop = int8_detector.region_crop((640, 480), region)
+    assert crop is not None
+    view = frame[crop.y0 : crop.y1, crop.x0 : crop.x1]
+    spec = int8_detector.spec
+    halved = halve_large(view, (spec.width, spec.height))
+    assert halved.shape[:2] == (view.shape[0] // 2, view.shape[1] // 2)
+    got = int8_detector.detect(frame, region)
+    expected = int8_detector.detect(view, tensor=int8_detector.preprocess(halved))
+    assert got.region == crop.normalised(640, 480)
+    np.testing.assert_array_equal(got.probabilities, expected.probabilities)
 
 
 @pytest.mark.slow

@@ -34,8 +34,9 @@ from device.bundle.manifest import (
     TensorSpec,
 )
 from device.detection.decode import HeatmapDecoder, decode_heatmap, softmax_cells
-from device.detection.detector import crop_region, to_frame
+from device.detection.detector import crop_region, halve_large, to_frame
 from device.detection.objects import DetectedObject, NormBox
+from training.synthetic.detection_scenes import render_detection_scene
 
 LABELS = ("background", "cat", "dog")
 
@@ -226,6 +227,50 @@ def test_a_whole_multiple_crop_resizes_to_the_average_of_each_block() -> None:
     resized = cv2.resize(crop, (96, 96), interpolation=cv2.INTER_AREA).astype(float)
     means = crop.reshape(96, 3, 96, 4, 3).astype(float).mean(axis=(1, 3))
     assert np.abs(resized - means).max() <= 0.5
+
+
+def test_crops_large_enough_to_halve_have_even_sides_where_the_frame_allows() -> None:
+    """Even sides let ``halve_large`` average 2x2 blocks; an odd frame side that the
+    crop spans whole stays as it is."""
+    regions = (NormBox(0.1, 0.2, 0.77, 0.79), NormBox(0.21, 0.1, 0.853, 0.77),
+               NormBox(0.0, 0.33, 0.701, 0.98))  # fmt: skip
+    for region in regions:
+        crop = crop_region(region, (640, 480), (96, 96), aspect=4 / 3, margin=0.0)
+        assert crop is not None
+        assert (crop.x1 - crop.x0) % 2 == 0 and (crop.y1 - crop.y0) % 2 == 0, crop
+        assert crop.y1 - crop.y0 >= 288  # large enough to be halved for a 96x96 input
+        assert crop.x0 <= region.x_min * 640 and crop.x1 >= region.x_max * 640
+        assert crop.y0 <= region.y_min * 480 and crop.y1 >= region.y_max * 480
+    spanning = crop_region(NormBox(0.0, 0.3, 1.0, 0.5), (641, 1001), (96, 96), margin=0.0)
+    assert spanning is not None
+    assert (spanning.x0, spanning.x1) == (0, 641)
+
+
+def test_a_large_crop_is_halved_by_2x2_blocks_before_its_resize() -> None:
+    """410x308 for a 96x96 input is halved (still 2.1 and 1.6 input sizes across and
+    down); the result is each 2x2 block's mean, and the resize that follows gives what
+    the one area resize of the crop gives, but where an input pixel's edge cuts a block
+    on a sharp edge of the scene: a fraction of a grey level on average."""
+    scene = render_detection_scene(np.random.default_rng(3), (410, 308), scale_range=(0.3, 0.5))
+    crop = scene.image
+    halved = halve_large(crop, (96, 96))
+    assert halved.shape == (154, 205, 3)
+    means = crop.reshape(154, 2, 205, 2, 3).astype(float).mean(axis=(1, 3))
+    assert np.abs(halved.astype(float) - means).max() <= 0.5
+    direct = cv2.resize(crop, (96, 96), interpolation=cv2.INTER_AREA).astype(int)
+    after = cv2.resize(halved, (96, 96), interpolation=cv2.INTER_AREA).astype(int)
+    moved = np.abs(direct - after)
+    assert moved.mean() < 0.75 and np.percentile(moved, 99) <= 4, (moved.mean(), moved.max())
+
+
+def test_crops_too_small_odd_or_in_whole_blocks_are_not_halved() -> None:
+    image = np.zeros((480, 640, 3), dtype=np.uint8)
+    for height, width in ((240, 320), (288, 384), (309, 411), (300, 400)):
+        crop = image[:height, :width]
+        kept = halve_large(crop, (96, 96))
+        # 320x240 halved would be under 1.5 input sizes down; 384x288 is 4x3 whole
+        # blocks; 411x309 is odd. 400x300 is halved: 200x150 is still 2.1 x 1.6 sizes.
+        assert kept.shape == ((150, 200, 3) if width == 400 else crop.shape)
 
 
 def test_a_region_at_the_edge_is_shifted_inside_the_frame() -> None:
