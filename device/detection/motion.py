@@ -65,7 +65,8 @@ BoolImage = np.ndarray[Any, np.dtype[np.bool_]]
 Area = tuple[slice, slice]
 
 #: A motion region larger than this share of the frame is not worth cropping to: the
-#: gate asks for the whole frame instead.
+#: gate asks for the whole frame instead (the crop would still cost over half of a
+#: whole-frame run, and a whole-frame look restarts the keep-alive).
 WHOLE_FRAME_ABOVE = 0.5
 #: Pixels that differ from the background learn this much slower than still ones.
 MOVING_ALPHA_FACTOR = 0.25
