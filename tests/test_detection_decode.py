@@ -248,9 +248,9 @@ def test_crops_large_enough_to_halve_have_even_sides_where_the_frame_allows() ->
 
 def test_a_large_crop_is_halved_by_2x2_blocks_before_its_resize() -> None:
     """410x308 for a 96x96 input is halved (still 2.1 and 1.6 input sizes across and
-    down); the result is each 2x2 block's mean, and the resize that follows gives what
-    the one area resize of the crop gives, but where an input pixel's edge cuts a block
-    on a sharp edge of the scene: a fraction of a grey level on average."""
+    down); the result is each 2x2 block's mean, and the resize that follows gives the
+    one area resize of the crop, except where an input pixel's edge cuts a block on a
+    sharp edge of the scene: a fraction of a grey level on average."""
     scene = render_detection_scene(np.random.default_rng(3), (410, 308), scale_range=(0.3, 0.5))
     crop = scene.image
     halved = halve_large(crop, (96, 96))
